@@ -1,0 +1,69 @@
+"""Defaults shared by every config. A model config starts from `base()` and changes what it needs."""
+import ml_collections
+
+
+def dataset(**kw) -> ml_collections.ConfigDict:
+  """One named dataset of the training mix. Every key is read by `sparse_tubes.data`."""
+  d = ml_collections.ConfigDict(dict(
+      tfds_name='',            # e.g. 'moving_shapes/video'
+      kind='video',            # 'video' (B,T,H,W,C) or 'image' (B,H,W,C)
+      train_split='train',
+      eval_split='test',
+      batch_size=16,           # global batch, summed over hosts
+      eval_batch_size=16,      # global, in views
+      loss_weight=1.0,
+      num_frames=8,            # frames per clip (video only)
+      frame_stride=1,          # Kinetics-style stride sampling
+      sampling='stride',       # 'stride' (Kinetics) or 'segment' (SSv2)
+      crop_size=32,
+      min_resize=36,           # short side before the crop (eval); train jitters in [min_resize, max_resize]
+      max_resize=40,
+      flip=True,               # off where flipping changes the label (SSv2, motion direction)
+      normalization='minus_one_to_one',  # or 'imagenet'
+      eval_temporal_views=1,
+      eval_spatial_views=1,
+  ))
+  d.update(kw)
+  return d
+
+
+def base() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.data_dir = ''             # '' -> $SPARSE_TUBES_DATA_DIR or ~/.cache/sparse_tubes/tfds
+  c.datasets = ml_collections.ConfigDict()
+  c.eval_datasets = ()        # names to evaluate; () -> all
+
+  c.model = ml_collections.ConfigDict()
+  c.model.dtype = 'float32'   # activation/compute dtype; parameters stay float32
+  c.model.remat = False
+
+  c.total_steps = 1000
+  c.label_smoothing = 0.0
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='adamw', learning_rate=1e-3, warmup_steps=100, schedule='cosine',
+      end_learning_rate_factor=0.0, b1=0.9, b2=0.999, momentum=0.9, weight_decay=0.0,
+      grad_clip_norm=1.0))
+
+  # Mesh axes and the rules that map logical axis names onto them (MaxText's discipline).
+  # -1 takes the devices that are left.
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  c.sharding_rules = (
+      ('batch', ('data', 'fsdp')),
+      ('embed', 'fsdp'),
+      ('mlp', 'tensor'),
+      ('heads', 'tensor'),
+      ('kv', None),
+      ('tokens', None),
+      ('vocab', None),
+  )
+
+  c.grain = ml_collections.ConfigDict(dict(worker_count=0, worker_buffer_size=2, read_threads=4))
+
+  c.log_every_steps = 25
+  c.eval_every_steps = 0      # 0: evaluate only at the end of training
+  c.checkpoint_every_steps = 200
+  c.keep_checkpoints = 3
+  c.async_checkpoints = True
+  c.profile = ml_collections.ConfigDict(dict(enabled=False, start_step=10, num_steps=5))
+  return c
