@@ -4,16 +4,16 @@ a cube, a wide tube and the 2D patch shared with images) scaled to 8x32x32 clips
 
   python -m sparse_tubes train --config=configs/synthetic/tubevit_tiny.py --workdir=/tmp/tv
 """
-from configs import common
+from sparse_tubes import defaults
 
 
 def get_config(arg=None):
-  c = common.base()
-  c.datasets.shapes_video = common.dataset(
+  c = defaults.base()
+  c.datasets.shapes_video = defaults.dataset(
       tfds_name='moving_shapes/video', kind='video', batch_size=32, eval_batch_size=48,
       num_frames=8, frame_stride=1, crop_size=32, min_resize=36, max_resize=40, flip=False,
       eval_temporal_views=2, eval_spatial_views=3)
-  c.datasets.shapes_image = common.dataset(
+  c.datasets.shapes_image = defaults.dataset(
       tfds_name='moving_shapes/image', kind='image', batch_size=16, eval_batch_size=48,
       crop_size=32, min_resize=36, max_resize=40, flip=True, loss_weight=0.5,
       eval_spatial_views=1)
@@ -27,9 +27,9 @@ def get_config(arg=None):
   c.model.stochastic_depth = 0.0
   # (kernel (t,h,w), stride (t,h,w), offset (t,h,w)); the last is the 2D patch used for images.
   c.model.tubes = (
-      ((8, 4, 4), (4, 16, 16), (0, 4, 4)),    # long in time, small in space (paper tube 2)
-      ((4, 8, 8), (4, 16, 16), (0, 0, 0)),    # cube (paper tube 1)
-      ((2, 12, 12), (4, 16, 16), (0, 8, 8)),  # wide in space (paper tube 3)
+      ((8, 4, 4), (8, 8, 8), (0, 2, 2)),      # long in time, small in space (paper tube 2)
+      ((4, 8, 8), (4, 8, 8), (0, 0, 0)),      # cube (paper tube 1)
+      ((2, 12, 12), (4, 8, 8), (0, 4, 4)),    # wide in space (paper tube 3)
       ((1, 8, 8), (8, 8, 8), (0, 0, 0)),      # 2D patch, shared with images (paper tube 4)
   )
   c.model.image_tube = 3

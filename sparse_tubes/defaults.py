@@ -1,4 +1,7 @@
-"""Defaults shared by every config. A model config starts from `base()` and changes what it needs."""
+"""Defaults shared by every config file: `base()` for the run, `dataset()` for each named dataset.
+
+Config files under configs/ start from these and change what they need; validation
+(`sparse_tubes.config`) rejects keys that are not here, so a typo fails before anything runs."""
 import ml_collections
 
 

@@ -1,0 +1,3 @@
+from sparse_tubes.main import run
+
+run()

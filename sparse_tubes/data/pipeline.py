@@ -1,0 +1,351 @@
+"""Grain input pipelines over TFDS array_record data sources.
+
+Train: an endless, shuffled, per-host slice of the split; every element is decoded and augmented with
+its own rng (derived from the seed and the element's global position, so results do not depend on the
+worker count), then batched to the host's share of the global batch. The iterator is checkpointable.
+
+Eval: every video expands to temporal x spatial views; each host takes its slice of the views, padded
+so that every host yields the same number of full batches (padding has mask=False).
+
+Batches are dicts of numpy arrays:
+  train: {'inputs': float32 (b, T, H, W, 3) or (b, H, W, 3), 'label': int32 (b,)}
+  eval:  the same plus 'video_id' int32 (index in the split, -1 for padding), 'view' int32 and
+         'mask' bool (False for padding and for examples that failed to decode).
+"""
+import collections
+import dataclasses
+import math
+import threading
+
+from absl import flags
+from absl import logging
+import grain
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sparse_tubes.data import builtin
+from sparse_tubes.data import transforms
+
+KINDS = ('video', 'image')
+SAMPLINGS = ('stride', 'segment')
+NORMALIZATIONS = ('minus_one_to_one', 'imagenet')
+
+
+# ------------------------------------------------------------------------------------- validation
+
+def validate(ds_cfg, *, name: str = '', process_count: int = 1) -> None:
+  """Raises ValueError naming the config key and the fix; cheap, so call it before building anything."""
+  key = f'config.datasets.{name or "<name>"}'
+  c = ds_cfg
+  if not c.tfds_name:
+    raise ValueError(f"{key}.tfds_name is empty: set it, e.g. 'moving_shapes/video'.")
+  for field, value, allowed in (('kind', c.kind, KINDS), ('sampling', c.sampling, SAMPLINGS),
+                                ('normalization', c.normalization, NORMALIZATIONS)):
+    if value not in allowed:
+      raise ValueError(f'{key}.{field}={value!r} is unknown: use one of {allowed}.')
+  positive = ['batch_size', 'eval_batch_size', 'crop_size', 'min_resize', 'eval_spatial_views']
+  if c.kind == 'video':
+    positive += ['num_frames', 'frame_stride', 'eval_temporal_views']
+  for field in positive:
+    if c[field] < 1:
+      raise ValueError(f'{key}.{field}={c[field]} must be at least 1.')
+  if c.crop_size > c.min_resize:
+    raise ValueError(f'{key}.crop_size={c.crop_size} is larger than min_resize={c.min_resize}: '
+                     f'the short side is resized to min_resize before cropping; raise min_resize or '
+                     f'lower crop_size.')
+  if c.max_resize < c.min_resize:
+    raise ValueError(f'{key}.max_resize={c.max_resize} is smaller than min_resize={c.min_resize}: '
+                     f'train jitters the short side in [min_resize, max_resize].')
+  for field in ('batch_size', 'eval_batch_size'):
+    if c[field] % process_count:
+      raise ValueError(f'{key}.{field}={c[field]} is not divisible by the {process_count} processes: '
+                       f'make it a multiple of {process_count}.')
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+  """The config values the per-element work needs, as plain picklable values (for worker processes)."""
+  tfds_name: str
+  split: str
+  kind: str
+  num_frames: int
+  frame_stride: int
+  sampling: str
+  crop_size: int
+  min_resize: int
+  max_resize: int
+  flip: bool
+  normalization: str
+  temporal_views: int
+  spatial_views: int
+
+  @classmethod
+  def from_config(cls, c, split):
+    video = c.kind == 'video'
+    return cls(tfds_name=c.tfds_name, split=split, kind=c.kind,
+               num_frames=c.num_frames if video else 1, frame_stride=c.frame_stride,
+               sampling=c.sampling, crop_size=c.crop_size, min_resize=c.min_resize,
+               max_resize=c.max_resize, flip=bool(c.flip), normalization=c.normalization,
+               temporal_views=c.eval_temporal_views if video else 1,
+               spatial_views=c.eval_spatial_views)
+
+
+# ------------------------------------------------------------------------- sources and statistics
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  class_names: tuple[str, ...]
+  num_examples: dict[str, int]
+
+
+class RawBytes(tfds.decode.SkipDecoding):
+  """Leaves the frames as encoded bytes: the pipeline decodes only the frames it samples, with cv2.
+
+  tfds.decode.SkipDecoding alone only covers TFDS's TensorFlow path, not `as_data_source`."""
+
+  def decode_example_np(self, example):
+    return example
+
+  def decode_batch_example_np(self, example):
+    return example
+
+
+def _builder(ds_cfg, data_dir):
+  return builtin.ensure_built(ds_cfg.tfds_name, builtin.resolve_data_dir(data_dir))
+
+
+def dataset_info(ds_cfg, data_dir: str) -> DatasetInfo:
+  info = _builder(ds_cfg, data_dir).info
+  label = info.features['label']
+  return DatasetInfo(num_classes=label.num_classes, class_names=tuple(label.names),
+                     num_examples={s: v.num_examples for s, v in info.splits.items()})
+
+
+def data_source(ds_cfg, data_dir: str, split: str, *, name: str = ''):
+  """Random-access source of {'video' or 'image': encoded bytes, 'label', 'id', ...}."""
+  builder = _builder(ds_cfg, data_dir)
+  key = f'config.datasets.{name or "<name>"}'
+  if ds_cfg.kind not in builder.info.features:
+    raise ValueError(f'{key}.kind={ds_cfg.kind!r} but {ds_cfg.tfds_name} has no {ds_cfg.kind!r} '
+                     f'feature (it has {sorted(builder.info.features)}): fix kind or tfds_name.')
+  if split not in builder.info.splits:
+    field = 'train_split' if split == ds_cfg.train_split else 'eval_split'
+    raise ValueError(f'{key}.{field}={split!r} is not a split of {ds_cfg.tfds_name}: '
+                     f'use one of {sorted(builder.info.splits)}.')
+  return builder.as_data_source(split, decoders={ds_cfg.kind: RawBytes()})
+
+
+@dataclasses.dataclass
+class DataStats:
+  """Examples skipped because they failed to decode. Counted in the main process."""
+  skipped: int = 0
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+  def add(self, n: int) -> None:
+    with self._lock:
+      self.skipped += int(n)
+
+
+_STATS: dict[str, DataStats] = collections.defaultdict(DataStats)
+
+
+def stats(tfds_name: str, split: str) -> DataStats:
+  """The running statistics of one split, summed over all pipelines of this process."""
+  return _STATS[f'{tfds_name}:{split}']
+
+
+# ---------------------------------------------------------------------------- per-element work
+
+def _frame_indices(spec: _Spec, n: int, rng, temporal_view: int) -> np.ndarray:
+  """Which of the video's n frames make the clip: random in training (rng given), else the view."""
+  if spec.sampling == 'segment':
+    if rng is not None:
+      return transforms.segment_indices_train(n, spec.num_frames, rng)
+    return transforms.segment_indices_eval(n, spec.num_frames, temporal_view, spec.temporal_views)
+  if rng is not None:
+    start = transforms.stride_start_train(n, spec.num_frames, spec.frame_stride, rng)
+  else:
+    start = transforms.stride_starts_eval(n, spec.num_frames, spec.frame_stride,
+                                          spec.temporal_views)[temporal_view]
+  return transforms.stride_indices(n, spec.num_frames, spec.frame_stride, start)
+
+
+def _decode(spec: _Spec, element, *, rng=None, temporal_view=0) -> np.ndarray:
+  """uint8 (t, h, w, 3) frames of one clip; only the sampled frames are decoded."""
+  if spec.kind == 'image':
+    return transforms.decode_frames(element['image'])
+  encoded = element['video']
+  if len(encoded) == 0:
+    raise transforms.DecodeError('video has no frames')
+  return transforms.decode_frames(encoded, _frame_indices(spec, len(encoded), rng, temporal_view))
+
+
+def _warn_corrupt(spec, element, error):
+  logging.warning('Skipping example id=%s of %s/%s that failed to decode: %s',
+                  element.get('id', '?'), spec.tfds_name, spec.split, error)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainTransform(grain.transforms.RandomMap):
+  spec: _Spec
+
+  def random_map(self, element, rng: np.random.Generator):
+    s = self.spec
+    try:
+      frames = _decode(s, element, rng=rng)
+    except transforms.DecodeError as e:
+      _warn_corrupt(s, element, e)
+      return None  # Dropped and counted by _SkipCorrupt.
+    frames = transforms.train_spatial(frames, min_resize=s.min_resize, max_resize=s.max_resize,
+                                      crop_size=s.crop_size, flip=s.flip, rng=rng)
+    return {'inputs': frames if s.kind == 'video' else frames[0],
+            'label': np.int32(element['label'])}
+
+
+class _SkipCorrupt(grain.IterDataset):
+  """Drops failed (None) elements and hands their number to the next good element as '_skipped'.
+
+  The count travels inside the data, so it reaches the main process from worker processes too, and
+  it is part of the iterator state."""
+
+  def __iter__(self):
+    return _SkipCorruptIterator(self._parent.__iter__())
+
+
+class _SkipCorruptIterator(grain.DatasetIterator):
+
+  def __init__(self, parent):
+    super().__init__(parent)
+    self._pending = 0
+
+  def __next__(self):
+    while True:
+      element = next(self._parent)
+      if element is not None:
+        element['_skipped'] = np.int32(self._pending)
+        self._pending = 0
+        return element
+      self._pending += 1
+
+  def get_state(self):
+    return {'parent': self._parent.get_state(), 'pending': self._pending}
+
+  def set_state(self, state):
+    self._parent.set_state(state['parent'])
+    self._pending = state['pending']
+
+
+@dataclasses.dataclass(frozen=True)
+class _Normalize(grain.transforms.Map):
+  """uint8 -> float32 on whole batches: per-element buffers stay 4x smaller until here."""
+  method: str
+
+  def map(self, batch):
+    return {**batch, 'inputs': transforms.normalize(batch['inputs'], self.method)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _CountSkipped(grain.transforms.Map):
+  stats: DataStats
+
+  def map(self, batch):
+    self.stats.add(batch.pop('_skipped').sum())
+    return batch
+
+
+# ----------------------------------------------------------------------------------------- train
+
+def train_iterator(ds_cfg, *, data_dir: str, seed: int, process_index: int, process_count: int,
+                   grain_cfg, name: str = '') -> grain.DatasetIterator:
+  """Endless iterator of this host's train batches; supports get_state/set_state and Orbax."""
+  validate(ds_cfg, name=name, process_count=process_count)
+  spec = _Spec.from_config(ds_cfg, ds_cfg.train_split)
+  source = data_source(ds_cfg, data_dir, ds_cfg.train_split, name=name)
+  local_batch = ds_cfg.batch_size // process_count
+
+  ds = grain.MapDataset.source(source).shuffle(seed=seed % 2**32)
+  # random_map before the host slice: each element's rng comes from its global position (epoch
+  # included, since slice and repeat pass it through), so hosts and epochs never share augmentations.
+  ds = ds.random_map(_TrainTransform(spec), seed=seed)
+  ds = ds[process_index::process_count].repeat()
+  read = grain.ReadOptions(num_threads=grain_cfg.read_threads,
+                           prefetch_buffer_size=max(2 * local_batch, grain_cfg.read_threads))
+  ds = _SkipCorrupt(ds.to_iter_dataset(read, allow_nones=True))
+  ds = ds.batch(local_batch, drop_remainder=True).map(_Normalize(spec.normalization))
+  if grain_cfg.worker_count > 0:
+    # Grain's worker processes read absl flags; under pytest or a notebook nobody parsed them.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=grain_cfg.worker_count, per_worker_buffer_size=grain_cfg.worker_buffer_size))
+  ds = ds.map(_CountSkipped(stats(spec.tfds_name, spec.split)))
+  return iter(ds)
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+@dataclasses.dataclass(frozen=True)
+class _EvalView(grain.transforms.Map):
+  """View index -> one decoded, cropped view; indices past the end are padding."""
+  spec: _Spec
+  source: object
+  stats: DataStats
+
+  def map(self, index):
+    s = self.spec
+    views = s.temporal_views * s.spatial_views
+    shape = ((s.num_frames,) if s.kind == 'video' else ()) + (s.crop_size, s.crop_size, 3)
+    out = {'inputs': np.zeros(shape, np.uint8), 'label': np.int32(0), 'video_id': np.int32(-1),
+           'view': np.int32(0), 'mask': np.False_}
+    if index >= len(self.source) * views:
+      return out
+    video_id, view = divmod(int(index), views)
+    temporal_view, spatial_view = divmod(view, s.spatial_views)
+    element = self.source[video_id]
+    out.update(label=np.int32(element['label']), video_id=np.int32(video_id), view=np.int32(view))
+    try:
+      frames = _decode(s, element, temporal_view=temporal_view)
+    except transforms.DecodeError as e:
+      _warn_corrupt(s, element, e)
+      self.stats.add(1)
+      return out  # Kept with mask=False, so every host still yields its full batches.
+    frames = transforms.eval_spatial(frames, min_resize=s.min_resize, crop_size=s.crop_size,
+                                     view=spatial_view, num_views=s.spatial_views)
+    out.update(inputs=frames if s.kind == 'video' else frames[0], mask=np.True_)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalData:
+  """Re-iterable eval batches of one host; every host yields `num_batches` batches."""
+  dataset: grain.IterDataset
+  num_videos: int
+  views_per_video: int
+  num_batches: int
+  local_batch_size: int
+
+  def __iter__(self):
+    return iter(self.dataset)
+
+  def __len__(self):
+    return self.num_batches
+
+
+def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: int,
+                 read_threads: int = 4, name: str = '') -> EvalData:
+  validate(ds_cfg, name=name, process_count=process_count)
+  spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
+  source = data_source(ds_cfg, data_dir, ds_cfg.eval_split, name=name)
+  local_batch = ds_cfg.eval_batch_size // process_count
+  views = spec.temporal_views * spec.spatial_views
+  num_batches = math.ceil(len(source) * views / (local_batch * process_count))
+  padded = num_batches * local_batch * process_count
+
+  ds = grain.MapDataset.range(padded)[process_index::process_count]
+  ds = ds.map(_EvalView(spec, source, stats(spec.tfds_name, spec.split)))
+  ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
+                                            prefetch_buffer_size=2 * local_batch))
+  ds = ds.batch(local_batch).map(_Normalize(spec.normalization))
+  return EvalData(ds, num_videos=len(source), views_per_video=views, num_batches=num_batches,
+                  local_batch_size=local_batch)

@@ -1,0 +1,103 @@
+"""Multi-view evaluation of a checkpoint: T temporal clips x S spatial crops per video, logits
+averaged per video (ViViT/TubeViT evaluate with 4x3 views, TimeSformer base with 1x3)."""
+import json
+import os
+
+import jax
+import numpy as np
+from absl import logging
+from flax import nnx
+
+from sparse_tubes import config as config_lib
+from sparse_tubes.data import pipeline
+from sparse_tubes.train import checkpoint, loop, metrics, optim, sharding, state as state_lib, step as step_lib
+
+
+def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
+  k = min(k, logits.shape[-1])
+  top = np.argsort(-logits, axis=-1)[:, :k]
+  return float(np.mean(np.any(top == labels[:, None], axis=-1)))
+
+
+def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_videos: int,
+                     name: str = ''):
+  """Runs every view and averages the logits of each video's views."""
+  sums, counts, labels = None, np.zeros(num_videos, np.int64), np.full(num_videos, -1, np.int64)
+  views = 0
+  for batch in pipeline.eval_batches(ds_cfg, data_dir=data_dir, process_index=jax.process_index(),
+                                     process_count=jax.process_count(), name=name):
+    out = jax.device_get(eval_step(params, sharding.global_batch(batch, mesh, rules)))
+    keep = out['mask'].astype(bool)
+    logits, vid = out['logits'][keep], out['video_id'][keep]
+    if sums is None:
+      sums = np.zeros((num_videos, logits.shape[-1]), np.float64)
+    np.add.at(sums, vid, logits)
+    np.add.at(counts, vid, 1)
+    labels[vid] = out['label'][keep]
+    views += int(keep.sum())
+  seen = counts > 0
+  if not seen.any():
+    raise RuntimeError(f'No eval views were produced for {ds_cfg.tfds_name}:{ds_cfg.eval_split}.')
+  mean = sums[seen] / counts[seen, None]
+  return {'top1': topk_accuracy(mean, labels[seen], 1), 'top5': topk_accuracy(mean, labels[seen], 5),
+          'num_videos': int(seen.sum()), 'num_views': views,
+          'views_per_video': f'{ds_cfg.eval_temporal_views}x{ds_cfg.eval_spatial_views}'
+                             if ds_cfg.kind == 'video' else f'1x{ds_cfg.eval_spatial_views}'}
+
+
+def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
+  """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  data_dir, infos = loop.prepare_data(config)
+  num_classes = {n: i.num_classes for n, i in infos.items()}
+  spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
+  tx, _ = optim.make_optimizer(config.optimizer, int(config.total_steps))
+
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'No checkpoint in {ckpt.directory}. Train first: python -m sparse_tubes '
+                            f'train --config=... --workdir={workdir}')
+  params = ckpt.restore(step, state_lib.abstract_state(spec, tx, mesh))['params']
+  ckpt.close()
+
+  names = list(config.eval_datasets) or sorted(config.datasets)
+  results = {}
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    for name in names:
+      ds = config.datasets[name]
+      eval_step = jax.jit(step_lib.make_eval_step(spec.graphdef, name),
+                          out_shardings=sharding.replicated(mesh))
+      res = evaluate_dataset(eval_step, params, ds, data_dir=data_dir, mesh=mesh, rules=rules,
+                             num_videos=infos[name].num_examples[ds.eval_split], name=name)
+      res['num_classes'] = num_classes[name]
+      results[name] = res
+      logging.info('eval %s: %s', name, res)
+
+  writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
+  for name, r in results.items():
+    writer.write_scalars(step, {f'eval/top1/{name}': r['top1'], f'eval/top5/{name}': r['top5']})
+  writer.close()
+  summary = {'step': step, 'checkpoint_dir': ckpt.directory,
+             'tensorboard_dir': os.path.join(os.path.abspath(workdir), 'tensorboard'),
+             'datasets': results}
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  return summary
+
+
+def results_table(summary: dict) -> str:
+  rows = [('dataset', 'top-1', 'top-5', 'chance', 'videos', 'views (TxS)')]
+  for name, r in summary['datasets'].items():
+    rows.append((name, f"{100 * r['top1']:.1f}%", f"{100 * r['top5']:.1f}%",
+                 f"{100 / r['num_classes']:.1f}%", str(r['num_videos']), r['views_per_video']))
+  widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+  fmt = lambda row: '  '.join(c.ljust(w) for c, w in zip(row, widths))
+  lines = [f"Evaluation of step {summary['step']}", fmt(rows[0]), fmt(['-' * w for w in widths])]
+  lines += [fmt(r) for r in rows[1:]]
+  lines += [f"checkpoints: {summary['checkpoint_dir']}",
+            f"tensorboard: {summary['tensorboard_dir']}  (tensorboard --logdir <that>)"]
+  return '\n'.join(lines)

@@ -1,0 +1,176 @@
+"""Tokenizers: sparse video tubes (TubeViT §3.2). 2D patches (TimeSformer), tubelets (ViViT) and
+TubeViT's sparse tubes are all the same thing here: a list of tubes, each a 3D convolution given by
+(kernel (t,h,w), stride (t,h,w), offset (t,h,w)), VALID padding, applied from its offset.
+
+  patches  (TimeSformer): [((1,16,16), (1,16,16), (0,0,0))]
+  tubelets (ViViT):       [((2,16,16), (2,16,16), (0,0,0))]
+  sparse tubes (TubeViT): the four tubes of Table 12 (DESIGN §2).
+
+Token count of a tube along one axis of length L (VALID convolution from offset o):
+    n = floor((L - o - k) / s) + 1      (0 when L - o < k)
+
+Paper table (DESIGN §2) on 32x224x224 gives 98 + 147 + 98 + 196 = 539 tokens; the paper quotes 559.
+We reproduce 539. Neither VALID nor SAME padding (counted from 0 or from the offset) reaches 559:
+the spatial strides (32, 16) divide 224, so under all four each tube's spatial grid is 7x7 (14x14
+for the 2D patch) and only temporal counts change; the total is then 49*n + 196*m, and
+559 = 11*49 + 20 is of no such form. SAME-style padding gives 686 (637 counting from the offset),
+see tests/models/test_tokenizers.py.
+"""
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sparse_tubes.models import partitioning
+
+Triple = tuple[int, int, int]
+Tube = tuple[Triple, Triple, Triple]  # (kernel, stride, offset), each (t, h, w)
+_AXES = ('time', 'height', 'width')
+
+
+def tube_grid(kernel: Sequence[int], stride: Sequence[int], offset: Sequence[int],
+              input_shape: Sequence[int]) -> Triple:
+  """(n_t, n_h, n_w) tokens of one tube on an input of shape (T, H, W); VALID from the offset."""
+  return tuple(max((l - o - k) // s + 1, 0)
+               for l, k, s, o in zip(input_shape, kernel, stride, offset))
+
+
+def tube_centres(kernel: Sequence[int], stride: Sequence[int], offset: Sequence[int],
+                 grid: Sequence[int]) -> np.ndarray:
+  """(n_t*n_h*n_w, 3) centres [t, y, x] of a tube's tokens in input frame/pixel coordinates.
+
+  Token i along an axis covers [o + i*s, o + i*s + k), pixel p spanning [p, p+1), so its centre is
+  o + i*s + k/2: strides and offsets included, as TubeViT §3.3 asks. Row-major (t, h, w) order,
+  as the convolution output is flattened.
+  """
+  axes = [o + s * np.arange(n) + k / 2 for k, s, o, n in zip(kernel, stride, offset, grid)]
+  t, y, x = np.meshgrid(*axes, indexing='ij')
+  return np.stack([t.ravel(), y.ravel(), x.ravel()], axis=-1).astype(np.float32)
+
+
+def parse_tubes(tubes) -> tuple[Tube, ...]:
+  """Tubes from the config as tuples of int triples, with clear errors on malformed entries."""
+  out = []
+  for i, tube in enumerate(tubes):
+    try:
+      k, s, o = (tuple(int(v) for v in part) for part in tube)
+      ok = len(k) == len(s) == len(o) == 3
+    except (TypeError, ValueError):
+      ok = False
+    if not ok or min(k + s) < 1 or min(o) < 0:
+      raise ValueError(
+          f'config.model.tubes[{i}] = {tube!r} is not a tube: write it as '
+          '((kt, kh, kw), (st, sh, sw), (ot, oh, ow)) with kernel and stride >= 1 and offset >= 0.')
+    out.append((k, s, o))
+  if not out:
+    raise ValueError('config.model.tubes is empty: give at least one ((kernel), (stride), (offset)).')
+  return tuple(out)
+
+
+def clip_shape(input_shape: Sequence[int], in_channels: int = 3) -> tuple[bool, Triple]:
+  """(is_image, (T, H, W)) of one example's shape as the model sees it, without batch:
+  (T, H, W, C) for a video, (H, W, C) for an image (a one-frame video)."""
+  shape = tuple(int(v) for v in input_shape)
+  if len(shape) not in (3, 4) or shape[-1] != in_channels:
+    raise ValueError(
+        f'input shape {shape} is not one example as the model sees it: give (T, H, W, C) for a '
+        f'video or (H, W, C) for an image, with C = config.model.in_channels = {in_channels}.')
+  return len(shape) == 3, ((1,) + shape[:2] if len(shape) == 3 else shape[:3])
+
+
+def _check(tubes: Sequence[Tube], image_tube: int, input_shape: Sequence[int] | None,
+           in_channels: int = 3):
+  if not 0 <= image_tube < len(tubes):
+    raise ValueError(f'config.model.image_tube = {image_tube} but there are {len(tubes)} tubes: '
+                     f'set it to the index of the 2D-patch tube (0..{len(tubes) - 1}).')
+  (kt, _, _), _, (ot, _, _) = tubes[image_tube]
+  if kt != 1 or ot != 0:
+    raise ValueError(
+        f'config.model.tubes[{image_tube}] is the image tube (config.model.image_tube={image_tube}) '
+        f'but is not 2D: its kernel t is {kt} and offset t is {ot}; images are one frame, so set '
+        'kernel t to 1 and offset t to 0, or point image_tube at the 2D-patch tube.')
+  if input_shape is None:
+    return
+  is_image, thw = clip_shape(input_shape, in_channels)
+  for i in ([image_tube] if is_image else range(len(tubes))):
+    k, s, o = tubes[i]
+    for axis, l, kk, oo in zip(_AXES, thw, k, o):
+      if kk + oo > l:
+        raise ValueError(
+            f'config.model.tubes[{i}] = ({k}, {s}, {o}) does not fit the input '
+            f'(T, H, W) = {thw}: along {axis} kernel {kk} + offset {oo} > {l}. '
+            f'Make the kernel or offset smaller along {axis}, or feed a larger input.')
+
+
+def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
+  """Raise ValueError naming `config.model.tubes[i]` and the fix when the tube set is unusable.
+
+  input_shape: one example without batch, (T, H, W, C) for a video or (H, W, C) for an image
+  (`sparse_tubes.config.input_shape`); None for the structural checks only.
+  """
+  _check(parse_tubes(model_cfg.tubes), int(model_cfg.image_tube), input_shape,
+         int(model_cfg.get('in_channels', 3)))
+
+
+def count_tokens(model_cfg, input_shape: Sequence[int]) -> dict:
+  """Tokens per tube and in total for one example, (T, H, W, C) video or (H, W, C) image.
+
+  Images go through the image tube only; the other tubes count 0 there.
+  """
+  validate_tubes(model_cfg, input_shape)
+  tubes, image_tube = parse_tubes(model_cfg.tubes), int(model_cfg.image_tube)
+  is_image, thw = clip_shape(input_shape, int(model_cfg.get('in_channels', 3)))
+  per_tube = [0 if is_image and i != image_tube else int(np.prod(tube_grid(*tube, thw)))
+              for i, tube in enumerate(tubes)]
+  return dict(per_tube=per_tube, total=sum(per_tube))
+
+
+class Tokens(NamedTuple):
+  tokens: jax.Array        # (B, N, D)
+  centres: np.ndarray      # (N, 3) [t, y, x], static: depends on shapes only
+  grids: tuple             # ((tube index, (n_t, n_h, n_w)), ...) in token order
+
+
+class SparseTubes(nnx.Module):
+  """One 3D convolution per tube (each its own kernel, TubeViT §3.2), tokens concatenated.
+
+  Videos (B,T,H,W,C) go through every tube; images (B,H,W,C) through the image tube only, as
+  one-frame videos, so an image token and the same patch of frame 0 get the same position.
+  """
+
+  def __init__(self, tubes, hidden_size: int, *, image_tube: int, in_channels: int = 3,
+               dtype=jnp.float32, rngs: nnx.Rngs):
+    self.tubes = parse_tubes(tubes)
+    self.image_tube, self.in_channels = int(image_tube), int(in_channels)
+    _check(self.tubes, self.image_tube, None)
+    # lecun-normal tube kernels, zero biases: big_vision's ViT patch embedding.
+    self.convs = nnx.List([
+        nnx.Conv(in_channels, hidden_size, kernel_size=k, strides=s, padding='VALID',
+                 dtype=dtype, param_dtype=jnp.float32,
+                 kernel_init=partitioning.names(nnx.initializers.lecun_normal(),
+                                                (None, None, None, None, 'embed')),
+                 bias_init=partitioning.names(nnx.initializers.zeros_init(), ('embed',)),
+                 rngs=rngs)
+        for k, s, _ in self.tubes])
+
+  def __call__(self, x: jax.Array) -> Tokens:
+    if x.ndim not in (4, 5):
+      raise ValueError(f'expected a video (B,T,H,W,C) or an image (B,H,W,C), got shape {x.shape}')
+    _check(self.tubes, self.image_tube, x.shape[1:], self.in_channels)
+    if x.ndim == 4:  # image: a one-frame video through the 2D-patch tube only
+      x, used = x[:, None], [self.image_tube]
+    else:
+      used = range(len(self.tubes))
+    tokens, centres, grids = [], [], []
+    for i in used:
+      k, s, o = self.tubes[i]
+      y = self.convs[i](x[:, o[0]:, o[1]:, o[2]:])  # VALID conv from the tube's offset
+      b, nt, nh, nw, d = y.shape
+      tokens.append(y.reshape(b, nt * nh * nw, d))
+      centres.append(tube_centres(k, s, o, (nt, nh, nw)))
+      grids.append((i, (nt, nh, nw)))
+    tokens = partitioning.constrain(jnp.concatenate(tokens, axis=1), partitioning.BTE)
+    return Tokens(tokens, np.concatenate(centres), tuple(grids))

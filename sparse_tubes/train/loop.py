@@ -1,0 +1,113 @@
+"""The training loop: data -> jitted step -> metrics, checkpoints, resumption, preemption."""
+import os
+
+import jax
+from absl import logging
+from flax import nnx
+
+from sparse_tubes import config as config_lib
+from sparse_tubes.data import builtin, pipeline
+from sparse_tubes.train import checkpoint, metrics, optim, sharding, state as state_lib, step as step_lib
+
+
+def prepare_data(config):
+  """Builds the built-in dataset if needed; fails with the fix when a dataset is missing."""
+  data_dir = builtin.resolve_data_dir(config.data_dir)
+  infos = {}
+  for name, ds in config.datasets.items():
+    builtin.ensure_built(ds.tfds_name, data_dir)
+    infos[name] = pipeline.dataset_info(ds, data_dir)
+  return data_dir, infos
+
+
+def save_config(config, workdir: str):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
+  """Trains until `config.total_steps` (or until `stop_after_steps` more steps, which tests use to
+  simulate a job that stops). Resumes from the latest checkpoint in `workdir`."""
+  config_lib.validate(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  data_dir, infos = prepare_data(config)
+  num_classes = {n: i.num_classes for n, i in infos.items()}
+  total_steps = int(config.total_steps)
+  save_config(config, workdir)
+
+  spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  print(f'{config.model.name}: {state_lib.param_count(spec.abstract_params):,} parameters; '
+        f'mesh {dict(mesh.shape)}; {total_steps} steps; workdir {os.path.abspath(workdir)}', flush=True)
+
+  iterators = {
+      n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(), grain_cfg=config.grain,
+                                 name=n)
+      for n, ds in config.datasets.items()}
+
+  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
+                                 use_async=config.async_checkpoints)
+  start = ckpt.latest_step()
+  if start is not None:
+    print(f'Resuming from step {start} in {ckpt.directory}', flush=True)
+    state = ckpt.restore(start, state_lib.abstract_state(spec, tx, mesh), iterators)
+  else:
+    start = 0
+    state = state_lib.init_state(config.model, num_classes, spec, tx, mesh, config.seed)
+
+  shardings = state_lib.state_shardings(spec, tx, mesh)
+  train_step = step_lib.make_train_step(
+      spec.graphdef, tx, schedule, config.datasets, num_classes,
+      label_smoothing=config.label_smoothing, seed=config.seed)
+  train_step = jax.jit(train_step, in_shardings=(shardings, None),
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+  writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
+  if start == 0:
+    writer.write_hparams({k: str(v) for k, v in config.items()})
+  examples = sum(ds.batch_size for ds in config.datasets.values())
+  progress = metrics.ReportProgress(total_steps, examples, start)
+  profile = metrics.Profile(config.profile, os.path.join(workdir, 'tensorboard'))
+  guard = checkpoint.PreemptionGuard()
+  pending, last = [], {}
+  end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)
+  step = start
+
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    while step < end:
+      profile(step, block_on=state)
+      batch = {n: next(it) for n, it in iterators.items()}
+      state, step_metrics = train_step(state, sharding.global_batch(batch, mesh, rules))
+      step += 1
+      pending.append((step, step_metrics))  # Fetched at log time: no host sync every step.
+
+      if step % config.log_every_steps == 0 or step == end:
+        for s, m in jax.device_get(pending):
+          writer.write_scalars(s, m)
+        last = dict(pending[-1][1])
+        last = {k: float(v) for k, v in jax.device_get(last).items()}
+        pending = []
+        perf = {f'perf/{k}': v for k, v in progress(step).items()}
+        writer.write_scalars(step, perf)
+        line = metrics.ReportProgress.line(step, total_steps, {**last, **perf})
+        logging.info(line)
+        print(line, flush=True)
+
+      preempted = guard.reached(step)
+      if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
+        ckpt.save(step, state, iterators, force=preempted)
+      if preempted:
+        print(f'Stopped by preemption at step {step}; the next `train` resumes here.', flush=True)
+        break
+
+  ckpt.close()
+  writer.flush()
+  guard.restore_handler()
+  summary = {'step': step, 'first_step_s': progress.first_step_s, **last}
+  writer.close()
+  return summary

@@ -1,0 +1,53 @@
+"""Optimizer and learning-rate schedule from `config.optimizer`."""
+import jax
+import optax
+
+OPTIMIZERS = ('adamw', 'adam', 'sgd')
+SCHEDULES = ('cosine', 'constant', 'linear', 'step')
+
+
+def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+  """Linear warm-up to `learning_rate`, then the decay the config names."""
+  lr, warmup = opt_cfg.learning_rate, int(opt_cfg.warmup_steps)
+  decay_steps = max(total_steps - warmup, 1)
+  end = lr * opt_cfg.get('end_learning_rate_factor', 0.0)
+  if opt_cfg.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
+  elif opt_cfg.schedule == 'linear':
+    decay = optax.linear_schedule(lr, end, decay_steps)
+  elif opt_cfg.schedule == 'constant':
+    decay = optax.constant_schedule(lr)
+  elif opt_cfg.schedule == 'step':
+    # TimeSformer's recipe: x0.1 at each boundary (given as fractions of training, e.g. 11/15, 14/15).
+    bounds = {int(f * total_steps) - warmup: 0.1 for f in opt_cfg.get('step_boundaries', (0.73, 0.93))}
+    decay = optax.piecewise_constant_schedule(lr, bounds)
+  else:
+    raise ValueError(f'config.optimizer.schedule={opt_cfg.schedule!r}; choose one of {SCHEDULES}.')
+  if warmup <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def _decay_mask(params):
+  # Weight decay on matrices and conv kernels only, not on biases, LayerNorm scales or embeddings
+  # of rank 1 (the usual ViT convention).
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = make_schedule(opt_cfg, total_steps)
+  if opt_cfg.name == 'adamw':
+    opt = optax.adamw(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, weight_decay=opt_cfg.weight_decay,
+                      mask=_decay_mask)
+  elif opt_cfg.name == 'adam':
+    opt = optax.adam(schedule, b1=opt_cfg.b1, b2=opt_cfg.b2)
+  elif opt_cfg.name == 'sgd':
+    opt = optax.chain(optax.add_decayed_weights(opt_cfg.weight_decay, mask=_decay_mask),
+                      optax.sgd(schedule, momentum=opt_cfg.momentum, nesterov=False))
+  else:
+    raise ValueError(f'config.optimizer.name={opt_cfg.name!r}; choose one of {OPTIMIZERS}.')
+  parts = []
+  if opt_cfg.grad_clip_norm:
+    parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
+  parts.append(opt)
+  return optax.chain(*parts), schedule

@@ -1,0 +1,54 @@
+"""The jitted train and eval steps. One step sees one batch from EVERY dataset of the mix; each
+dataset goes through its own head and its loss is weighted by `loss_weight` (TubeViT App. A:
+joint image+video training computes each example's loss on its dataset's head)."""
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
+  onehot = jax.nn.one_hot(labels, num_classes)
+  if label_smoothing:
+    onehot = optax.smooth_labels(onehot, label_smoothing)
+  return optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+
+
+def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapping[str, int], *,
+                    label_smoothing: float, seed: int):
+  names = sorted(datasets)
+  weights = {n: float(datasets[n].loss_weight) for n in names}
+
+  def loss_fn(params, batch, key):
+    model = nnx.merge(graphdef, params)
+    total, metrics = 0.0, {}
+    for i, name in enumerate(names):
+      x, y = batch[name]['inputs'], batch[name]['label']
+      logits = model(x, dataset=name, train=True, rngs=nnx.Rngs(dropout=jax.random.fold_in(key, i)))
+      loss = cross_entropy(logits, y, num_classes[name], label_smoothing).mean()
+      total += weights[name] * loss
+      metrics[f'train/loss/{name}'] = loss
+      metrics[f'train/accuracy/{name}'] = (jnp.argmax(logits, -1) == y).mean()
+    return total, metrics
+
+  def train_step(state, batch):
+    # The dropout key depends on the step only, so a resumed run draws the same masks.
+    key = jax.random.fold_in(jax.random.key(seed), state['step'])
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, key)
+    updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
+    params = optax.apply_updates(state['params'], updates)
+    metrics.update({'train/loss': loss, 'train/grad_norm': optax.tree.norm(grads),
+                    'train/learning_rate': schedule(state['step'])})
+    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+
+  return train_step
+
+
+def make_eval_step(graphdef, dataset: str):
+  def eval_step(params, batch):
+    logits = nnx.merge(graphdef, params)(batch['inputs'], dataset=dataset, train=False)
+    return {'logits': logits.astype(jnp.float32), 'label': batch['label'],
+            'video_id': batch['video_id'], 'mask': batch['mask']}
+  return eval_step
