@@ -21,9 +21,10 @@ class Checkpointer:
 
   def __init__(self, workdir: str, *, keep: int = 3, use_async: bool = True, read_only: bool = False):
     self.directory = checkpoint_dir(workdir)
+    # Readers (evaluate) open the directory without creating it and never save or delete.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=use_async)
+        max_to_keep=None if read_only else keep, create=not read_only,
+        enable_async_checkpointing=use_async and not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:

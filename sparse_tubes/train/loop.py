@@ -3,6 +3,7 @@ import os
 
 import jax
 from absl import logging
+from clu import parameter_overview
 from flax import nnx
 
 from sparse_tubes import config as config_lib
@@ -40,6 +41,9 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
 
   spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  if jax.process_index() == 0:  # The full parameter table, for reading after the fact.
+    with open(os.path.join(workdir, 'parameters.txt'), 'w') as f:
+      f.write(parameter_overview.get_parameter_overview(spec.abstract_params, include_stats=False))
   print(f'{config.model.name}: {state_lib.param_count(spec.abstract_params):,} parameters; '
         f'mesh {dict(mesh.shape)}; {total_steps} steps; workdir {os.path.abspath(workdir)}', flush=True)
 

@@ -45,6 +45,8 @@ def test_train_writes_logs_checkpoints_config(uninterrupted):
   assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['total_steps'] == 6
+  with open(os.path.join(workdir, 'parameters.txt')) as f:
+    assert 'encoder/blocks' in f.read().replace('.', '/')
 
 
 def test_resume_sees_the_same_batches(uninterrupted, make_config, tmp_path):
