@@ -95,3 +95,23 @@ def test_eight_devices_match_one(uninterrupted, tiny_data_dir, tmp_path):
   assert steps == [1, 2, 3, 4, 5, 6]
   # Same parameters at init, same batches; only the order of the reductions differs.
   np.testing.assert_allclose(eight, one, rtol=1e-4)
+
+
+def test_bfloat16_compute_with_float32_params_and_profile(make_config, tmp_path):
+  """bf16 activations train (finite losses), parameters stay float32 in the checkpoint, and the
+  profiler window writes a trace TensorBoard can open."""
+  import jax
+  from sparse_tubes.train import optim, sharding, state as state_lib
+  config = make_config(total_steps=4, model__dtype='bfloat16', checkpoint_every_steps=4,
+                       profile__enabled=True, profile__start_step=1, profile__num_steps=2)
+  workdir = str(tmp_path)
+  summary = loop.train(config, workdir)
+  assert np.isfinite(summary['train/loss'])
+  mesh = sharding.make_mesh(config.mesh)
+  spec = state_lib.model_spec(config.model, {'shapes_video': 8, 'shapes_image': 3}, mesh,
+                              config.sharding_rules)
+  tx, _ = optim.make_optimizer(config.optimizer, config.total_steps)
+  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
+  state = ckpt.restore(4, state_lib.abstract_state(spec, tx, mesh))
+  assert {x.dtype for x in jax.tree.leaves(state['params'])} == {np.dtype('float32')}
+  assert glob.glob(os.path.join(workdir, 'tensorboard', 'plugins', 'profile', '*', '*.xplane.pb'))
