@@ -43,6 +43,9 @@ def base() -> ml_collections.ConfigDict:
 
   c.total_steps = 1000
   c.label_smoothing = 0.0
+  # Mixup / CutMix on device inside the jitted step, for every dataset of the mix (TubeViT's SSv2
+  # recipe, Table 10: mixup 0.3). A batch gets CutMix with probability cutmix_prob when both are on.
+  c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, cutmix_prob=0.5))
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, warmup_steps=100, schedule='cosine',
       end_learning_rate_factor=0.0, b1=0.9, b2=0.999, momentum=0.9, weight_decay=0.0,

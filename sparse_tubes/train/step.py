@@ -8,26 +8,29 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sparse_tubes.train import mixup
 
-def cross_entropy(logits, labels, num_classes: int, label_smoothing: float):
+
+def targets(labels, num_classes: int, label_smoothing: float):
   onehot = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    onehot = optax.smooth_labels(onehot, label_smoothing)
-  return optax.softmax_cross_entropy(logits.astype(jnp.float32), onehot)
+  return optax.smooth_labels(onehot, label_smoothing) if label_smoothing else onehot
 
 
 def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapping[str, int], *,
-                    label_smoothing: float, seed: int):
+                    label_smoothing: float, seed: int, mixup_cfg=None):
   names = sorted(datasets)
   weights = {n: float(datasets[n].loss_weight) for n in names}
+  mixup_kw = dict(mixup_cfg or dict(mixup_alpha=0.0, cutmix_alpha=0.0, cutmix_prob=0.5))
 
   def loss_fn(params, batch, key):
     model = nnx.merge(graphdef, params)
     total, metrics = 0.0, {}
     for i, name in enumerate(names):
+      k_drop, k_mix = jax.random.split(jax.random.fold_in(key, i))
       x, y = batch[name]['inputs'], batch[name]['label']
-      logits = model(x, dataset=name, train=True, rngs=nnx.Rngs(dropout=jax.random.fold_in(key, i)))
-      loss = cross_entropy(logits, y, num_classes[name], label_smoothing).mean()
+      x, soft = mixup.mix(k_mix, x, targets(y, num_classes[name], label_smoothing), **mixup_kw)
+      logits = model(x, dataset=name, train=True, rngs=nnx.Rngs(dropout=k_drop))
+      loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), soft).mean()
       total += weights[name] * loss
       metrics[f'train/loss/{name}'] = loss
       metrics[f'train/accuracy/{name}'] = (jnp.argmax(logits, -1) == y).mean()

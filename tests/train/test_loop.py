@@ -98,11 +98,13 @@ def test_eight_devices_match_one(uninterrupted, tiny_data_dir, tmp_path):
 
 
 def test_bfloat16_compute_with_float32_params_and_profile(make_config, tmp_path):
-  """bf16 activations train (finite losses), parameters stay float32 in the checkpoint, and the
+  """bf16 activations with mixup+cutmix train (finite losses), parameters stay float32 in the
+  checkpoint, and the
   profiler window writes a trace TensorBoard can open."""
   import jax
   from sparse_tubes.train import optim, sharding, state as state_lib
   config = make_config(total_steps=4, model__dtype='bfloat16', checkpoint_every_steps=4,
+                       mixup__mixup_alpha=0.3, mixup__cutmix_alpha=1.0,
                        profile__enabled=True, profile__start_step=1, profile__num_steps=2)
   workdir = str(tmp_path)
   summary = loop.train(config, workdir)
