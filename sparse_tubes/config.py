@@ -78,11 +78,25 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     except ValueError as e:
       raise ValueError(f'config.datasets.{name} ({input_shape(ds)}): {e}') from None
 
-  if config.total_steps <= 0:
-    raise ValueError(f'config.total_steps={config.total_steps} must be positive.')
-  if config.optimizer.warmup_steps >= config.total_steps:
+  if config.num_epochs < 0 or (config.num_epochs == 0 and config.total_steps <= 0):
+    raise ValueError(f'config.total_steps={config.total_steps} / config.num_epochs='
+                     f'{config.num_epochs}: set a positive total_steps, or num_epochs > 0.')
+  if not config.num_epochs and config.optimizer.warmup_steps >= config.total_steps:
     raise ValueError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be smaller '
                      f'than config.total_steps={config.total_steps}.')
+
+
+def total_steps(config, num_train_examples: dict[str, int]) -> int:
+  """config.total_steps, or config.num_epochs over the first dataset's train split."""
+  if not config.num_epochs:
+    return int(config.total_steps)
+  name = sorted(config.datasets)[0]
+  ds = config.datasets[name]
+  steps = math.ceil(config.num_epochs * num_train_examples[name] / ds.batch_size)
+  if config.optimizer.warmup_steps >= steps:
+    raise ValueError(f'config.optimizer.warmup_steps={config.optimizer.warmup_steps} must be smaller '
+                     f'than the {steps} steps of config.num_epochs={config.num_epochs}.')
+  return steps
 
 
 def load(spec: str, **overrides) -> ml_collections.ConfigDict:

@@ -42,6 +42,9 @@ def base() -> ml_collections.ConfigDict:
   c.model.remat = False
 
   c.total_steps = 1000
+  # Epoch-based duration (TimeSformer's 15 epochs): when > 0 it replaces total_steps, counted in
+  # epochs of the first dataset of config.datasets (alphabetical), the one the recipe is quoted for.
+  c.num_epochs = 0.0
   c.label_smoothing = 0.0
   # Mixup / CutMix on device inside the jitted step, for every dataset of the mix (TubeViT's SSv2
   # recipe, Table 10: mixup 0.3). A batch gets CutMix with probability cutmix_prob when both are on.

@@ -53,7 +53,8 @@ def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   data_dir, infos = loop.prepare_data(config)
   num_classes = {n: i.num_classes for n, i in infos.items()}
   spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
-  tx, _ = optim.make_optimizer(config.optimizer, int(config.total_steps))
+  # Only the structure of the optimizer state matters here (to restore the checkpoint).
+  tx, _ = optim.make_optimizer(config.optimizer, max(int(config.total_steps), 1))
 
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   step = ckpt.latest_step() if step is None else step

@@ -57,3 +57,13 @@ def test_tube_that_does_not_fit_the_clip_names_the_tube():
   # Tube 0 spans 8 frames; a 4-frame clip cannot hold it.
   with pytest.raises(ValueError, match=r'shapes_video.*config\.model\.tubes\[0\]'):
     config_lib.validate(load(datasets__shapes_video__num_frames=4), num_devices=1, process_count=1)
+
+
+def test_epochs_count_over_the_first_dataset():
+  c = load(num_epochs=2.0, optimizer__warmup_steps=10)
+  config_lib.validate(c, num_devices=1, process_count=1)
+  # shapes_image sorts first: 2 epochs of 2048 images at batch 16.
+  assert config_lib.total_steps(c, {'shapes_image': 2048, 'shapes_video': 2048}) == 256
+  assert config_lib.total_steps(load(), {'shapes_image': 2048, 'shapes_video': 2048}) == 600
+  with pytest.raises(ValueError, match='warmup_steps'):
+    config_lib.total_steps(load(num_epochs=0.01), {'shapes_image': 2048, 'shapes_video': 2048})

@@ -36,7 +36,8 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   rules = sharding.rules_tuple(config.sharding_rules)
   data_dir, infos = prepare_data(config)
   num_classes = {n: i.num_classes for n, i in infos.items()}
-  total_steps = int(config.total_steps)
+  total_steps = config_lib.total_steps(
+      config, {n: i.num_examples[config.datasets[n].train_split] for n, i in infos.items()})
   save_config(config, workdir)
 
   spec = state_lib.model_spec(config.model, num_classes, mesh, rules)

@@ -99,8 +99,7 @@ def test_eight_devices_match_one(uninterrupted, tiny_data_dir, tmp_path):
 
 def test_bfloat16_compute_with_float32_params_and_profile(make_config, tmp_path):
   """bf16 activations with mixup+cutmix train (finite losses), parameters stay float32 in the
-  checkpoint, and the
-  profiler window writes a trace TensorBoard can open."""
+  checkpoint, and the profiler window writes a trace TensorBoard can open."""
   import jax
   from sparse_tubes.train import optim, sharding, state as state_lib
   config = make_config(total_steps=4, model__dtype='bfloat16', checkpoint_every_steps=4,
