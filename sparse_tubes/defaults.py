@@ -70,7 +70,7 @@ def base() -> ml_collections.ConfigDict:
   c.grain = ml_collections.ConfigDict(dict(worker_count=0, worker_buffer_size=2, read_threads=4))
 
   c.log_every_steps = 25
-  c.eval_every_steps = 0      # 0: evaluate only at the end of training
+  c.eval_every_steps = 0      # > 0: multi-view eval every N steps and at the end, while training
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
   c.async_checkpoints = True

@@ -45,6 +45,38 @@ def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_vi
                              if ds_cfg.kind == 'video' else f'1x{ds_cfg.eval_spatial_views}'}
 
 
+class Evaluator:
+  """Compiled eval steps for the datasets of `config.eval_datasets` (all by default); the training
+  loop keeps one for periodic evaluation, `evaluate` builds one for a checkpoint."""
+
+  def __init__(self, config, spec, mesh, rules, data_dir: str, infos: dict):
+    self.config, self.mesh, self.rules, self.data_dir, self.infos = config, mesh, rules, data_dir, infos
+    self.names = list(config.eval_datasets) or sorted(config.datasets)
+    self.steps = {n: jax.jit(step_lib.make_eval_step(spec.graphdef, n),
+                             out_shardings=sharding.replicated(mesh)) for n in self.names}
+
+  def __call__(self, params) -> dict:
+    results = {}
+    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
+      for name in self.names:
+        ds = self.config.datasets[name]
+        res = evaluate_dataset(self.steps[name], params, ds, data_dir=self.data_dir, mesh=self.mesh,
+                               rules=self.rules, num_videos=self.infos[name].num_examples[ds.eval_split],
+                               name=name)
+        res['num_classes'] = self.infos[name].num_classes
+        res['skipped_corrupt'] = pipeline.stats(ds.tfds_name, ds.eval_split).skipped
+        results[name] = res
+        logging.info('eval %s: %s', name, res)
+    return results
+
+  @staticmethod
+  def scalars(results: dict) -> dict:
+    out = {}
+    for name, r in results.items():
+      out[f'eval/top1/{name}'], out[f'eval/top5/{name}'] = r['top1'], r['top5']
+    return out
+
+
 def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
   config_lib.validate(config)
@@ -64,22 +96,9 @@ def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   params = ckpt.restore(step, state_lib.abstract_state(spec, tx, mesh))['params']
   ckpt.close()
 
-  names = list(config.eval_datasets) or sorted(config.datasets)
-  results = {}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    for name in names:
-      ds = config.datasets[name]
-      eval_step = jax.jit(step_lib.make_eval_step(spec.graphdef, name),
-                          out_shardings=sharding.replicated(mesh))
-      res = evaluate_dataset(eval_step, params, ds, data_dir=data_dir, mesh=mesh, rules=rules,
-                             num_videos=infos[name].num_examples[ds.eval_split], name=name)
-      res['num_classes'] = num_classes[name]
-      results[name] = res
-      logging.info('eval %s: %s', name, res)
-
+  results = Evaluator(config, spec, mesh, rules, data_dir, infos)(params)
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
-  for name, r in results.items():
-    writer.write_scalars(step, {f'eval/top1/{name}': r['top1'], f'eval/top5/{name}': r['top5']})
+  writer.write_scalars(step, Evaluator.scalars(results))
   writer.close()
   summary = {'step': step, 'checkpoint_dir': ckpt.directory,
              'tensorboard_dir': os.path.join(os.path.abspath(workdir), 'tensorboard'),

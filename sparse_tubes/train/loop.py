@@ -79,6 +79,10 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   progress = metrics.ReportProgress(total_steps, examples, start)
   profile = metrics.Profile(config.profile, os.path.join(workdir, 'tensorboard'))
   guard = checkpoint.PreemptionGuard()
+  evaluator = None
+  if config.eval_every_steps:
+    from sparse_tubes.evaluate import Evaluator  # evaluate imports this module.
+    evaluator = Evaluator(config, spec, mesh, rules, data_dir, infos)
   pending, last = [], {}
   end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)
   step = start
@@ -102,6 +106,12 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
         line = metrics.ReportProgress.line(step, total_steps, {**last, **perf})
         logging.info(line)
         print(line, flush=True)
+
+      if evaluator and (step % config.eval_every_steps == 0 or step == total_steps):
+        scalars = evaluator.scalars(evaluator(state['params']))
+        writer.write_scalars(step, scalars)
+        print(f'eval at step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in scalars.items()),
+              flush=True)
 
       preempted = guard.reached(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:

@@ -26,7 +26,7 @@ def losses(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, make_config):
   workdir = str(tmp_path_factory.mktemp('full'))
-  summary = loop.train(make_config(), workdir)
+  summary = loop.train(make_config(eval_every_steps=3), workdir)
   return workdir, summary
 
 
@@ -42,6 +42,9 @@ def test_train_writes_logs_checkpoints_config(uninterrupted):
               'train/learning_rate', 'train/grad_norm', 'perf/steps_per_sec'):
     assert key in keys, key
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
+  evals = [r for r in rows if 'eval/top1/shapes_video' in r]
+  assert [r['step'] for r in evals] == [3, 6]  # config.eval_every_steps=3, during training
+  assert all(0 <= r['eval/top1/shapes_image'] <= r['eval/top5/shapes_image'] <= 1 for r in evals)
   assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['total_steps'] == 6
