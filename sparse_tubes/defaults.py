@@ -22,6 +22,11 @@ def dataset(**kw) -> ml_collections.ConfigDict:
       min_resize=36,           # short side before the crop (eval); train jitters in [min_resize, max_resize]
       max_resize=40,
       flip=True,               # off where flipping changes the label (SSv2, motion direction)
+      train_crop='scale_jitter',  # or 'random_resized' (Inception crop; ignores min/max_resize in train)
+      rrc_scale=(0.08, 1.0),   # random_resized: area fraction range
+      rrc_ratio=(0.75, 4 / 3),  # random_resized: aspect ratio (w/h) range
+      randaugment_layers=0,    # RandAugment N (0: off); the same ops for every frame of a clip
+      randaugment_magnitude=9,  # RandAugment M, 0..10
       normalization='minus_one_to_one',  # or 'imagenet'
       eval_temporal_views=1,
       eval_spatial_views=1,

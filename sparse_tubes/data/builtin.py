@@ -223,7 +223,8 @@ def ensure_built(tfds_name: str, data_dir: str):
     return builder
 
   fix = (f'Prepare it first (`python -m sparse_tubes prepare <dataset> --manual_dir=DIR '
-         f'--data_dir=DIR` for Kinetics and SSv2, `tfds build` for TFDS catalogue datasets), or set '
+         f'--data_dir=DIR` for Kinetics and SSv2, `tfds build NAME --file_format=array_record` for '
+         f'TFDS catalogue datasets such as imagenet2012), or set '
          f'config.data_dir (or $SPARSE_TUBES_DATA_DIR) to a directory where it is prepared.')
   try:
     builder = tfds.builder(tfds_name, data_dir=data_dir)

@@ -29,6 +29,7 @@ from sparse_tubes.data import transforms
 KINDS = ('video', 'image')
 SAMPLINGS = ('stride', 'segment')
 NORMALIZATIONS = ('minus_one_to_one', 'imagenet')
+TRAIN_CROPS = ('scale_jitter', 'random_resized')
 
 
 # ------------------------------------------------------------------------------------- validation
@@ -40,7 +41,8 @@ def validate(ds_cfg, *, name: str = '', process_count: int = 1) -> None:
   if not c.tfds_name:
     raise ValueError(f"{key}.tfds_name is empty: set it, e.g. 'moving_shapes/video'.")
   for field, value, allowed in (('kind', c.kind, KINDS), ('sampling', c.sampling, SAMPLINGS),
-                                ('normalization', c.normalization, NORMALIZATIONS)):
+                                ('normalization', c.normalization, NORMALIZATIONS),
+                                ('train_crop', c.train_crop, TRAIN_CROPS)):
     if value not in allowed:
       raise ValueError(f'{key}.{field}={value!r} is unknown: use one of {allowed}.')
   positive = ['batch_size', 'eval_batch_size', 'crop_size', 'min_resize', 'eval_spatial_views']
@@ -56,6 +58,14 @@ def validate(ds_cfg, *, name: str = '', process_count: int = 1) -> None:
   if c.max_resize < c.min_resize:
     raise ValueError(f'{key}.max_resize={c.max_resize} is smaller than min_resize={c.min_resize}: '
                      f'train jitters the short side in [min_resize, max_resize].')
+  if c.randaugment_layers < 0 or not 0 <= c.randaugment_magnitude <= 10:
+    raise ValueError(f'{key}.randaugment_layers={c.randaugment_layers} / randaugment_magnitude='
+                     f'{c.randaugment_magnitude}: use layers >= 0 (0 is off) and a magnitude in '
+                     f'[0, 10].')
+  for field, (lo, hi) in (('rrc_scale', c.rrc_scale), ('rrc_ratio', c.rrc_ratio)):
+    if not 0 < lo <= hi or (field == 'rrc_scale' and hi > 1):
+      raise ValueError(f'{key}.{field}={tuple(c[field])} must be (low, high) with 0 < low <= high'
+                       + (' <= 1.' if field == 'rrc_scale' else '.'))
   for field in ('batch_size', 'eval_batch_size'):
     if c[field] % process_count:
       raise ValueError(f'{key}.{field}={c[field]} is not divisible by the {process_count} processes: '
@@ -78,6 +88,11 @@ class _Spec:
   normalization: str
   temporal_views: int
   spatial_views: int
+  train_crop: str = 'scale_jitter'
+  rrc_scale: tuple = (0.08, 1.0)
+  rrc_ratio: tuple = (0.75, 4 / 3)
+  randaugment_layers: int = 0
+  randaugment_magnitude: float = 9
 
   @classmethod
   def from_config(cls, c, split):
@@ -87,7 +102,10 @@ class _Spec:
                sampling=c.sampling, crop_size=c.crop_size, min_resize=c.min_resize,
                max_resize=c.max_resize, flip=bool(c.flip), normalization=c.normalization,
                temporal_views=c.eval_temporal_views if video else 1,
-               spatial_views=c.eval_spatial_views)
+               spatial_views=c.eval_spatial_views, train_crop=c.train_crop,
+               rrc_scale=tuple(c.rrc_scale), rrc_ratio=tuple(c.rrc_ratio),
+               randaugment_layers=c.randaugment_layers,
+               randaugment_magnitude=c.randaugment_magnitude)
 
 
 # ------------------------------------------------------------------------- sources and statistics
@@ -133,6 +151,18 @@ def data_source(ds_cfg, data_dir: str, split: str, *, name: str = ''):
     field = 'train_split' if split == ds_cfg.train_split else 'eval_split'
     raise ValueError(f'{key}.{field}={split!r} is not a split of {ds_cfg.tfds_name}: '
                      f'use one of {sorted(builder.info.splits)}.')
+  if 'label' not in builder.info.features:
+    raise ValueError(f'{key}.tfds_name={ds_cfg.tfds_name!r} has no \'label\' feature (it has '
+                     f'{sorted(builder.info.features)}): only classification datasets are read.')
+  formats = [builder.info.file_format, *getattr(builder.info, 'alternative_file_formats', [])]
+  formats = [getattr(f, 'value', f) for f in formats]
+  file_format = formats[0]
+  if 'array_record' not in formats:
+    raise ValueError(
+        f'{ds_cfg.tfds_name} in {builder.data_dir} is stored as {file_format}, but Grain reads '
+        f'array_record: rebuild it with `tfds build {ds_cfg.tfds_name.split(":")[0]} '
+        f'--file_format=array_record` (add --manual_dir=DIR for imagenet2012), or convert it with '
+        f'`tfds convert_format --root_data_dir=DATA_DIR --out_file_format=array_record`.')
   return builder.as_data_source(split, decoders={ds_cfg.kind: RawBytes()})
 
 
@@ -198,7 +228,11 @@ class _TrainTransform(grain.transforms.RandomMap):
       _warn_corrupt(s, element, e)
       return None  # Dropped and counted by _SkipCorrupt.
     frames = transforms.train_spatial(frames, min_resize=s.min_resize, max_resize=s.max_resize,
-                                      crop_size=s.crop_size, flip=s.flip, rng=rng)
+                                      crop_size=s.crop_size, flip=s.flip, rng=rng,
+                                      crop=s.train_crop, rrc_scale=s.rrc_scale,
+                                      rrc_ratio=s.rrc_ratio,
+                                      randaugment_layers=s.randaugment_layers,
+                                      randaugment_magnitude=s.randaugment_magnitude)
     return {'inputs': frames if s.kind == 'video' else frames[0],
             'label': np.int32(element['label'])}
 
