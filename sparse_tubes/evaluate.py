@@ -10,7 +10,7 @@ from flax import nnx
 
 from sparse_tubes import config as config_lib
 from sparse_tubes.data import pipeline
-from sparse_tubes.train import checkpoint, loop, metrics, optim, sharding, state as state_lib, step as step_lib
+from sparse_tubes.train import checkpoint, loop, metrics, sharding, state as state_lib, step as step_lib
 
 
 def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
@@ -85,15 +85,13 @@ def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   data_dir, infos = loop.prepare_data(config)
   num_classes = {n: i.num_classes for n, i in infos.items()}
   spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
-  # Only the structure of the optimizer state matters here (to restore the checkpoint).
-  tx, _ = optim.make_optimizer(config.optimizer, max(int(config.total_steps), 1))
 
   ckpt = checkpoint.Checkpointer(workdir, read_only=True)
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'No checkpoint in {ckpt.directory}. Train first: python -m sparse_tubes '
                             f'train --config=... --workdir={workdir}')
-  params = ckpt.restore(step, state_lib.abstract_state(spec, tx, mesh))['params']
+  params = ckpt.restore_params(step, state_lib.abstract_params(spec))
   ckpt.close()
 
   results = Evaluator(config, spec, mesh, rules, data_dir, infos)(params)

@@ -33,19 +33,39 @@ class Checkpointer:
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
 
+  # Layout of one step: item 'params' (the model alone, what evaluation, `init_from` and converted
+  # checkpoints need), item 'train_state' (step + optimizer state) and one 'data_<name>' item per
+  # data iterator. Readers that want the model restore 'params' only.
+
   def save(self, step: int, state, iterators: dict | None = None, *, force: bool = False) -> bool:
-    items = {'state': ocp.args.StandardSave(state)}
+    items = {'params': ocp.args.StandardSave(state['params']),
+             'train_state': ocp.args.StandardSave({'step': state['step'],
+                                                   'opt_state': state['opt_state']})}
     for name, it in (iterators or {}).items():
       items[f'data_{name}'] = grain.checkpoint.CheckpointSave(it)
     return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
+  def save_params(self, step: int, params) -> bool:
+    """A model-only checkpoint (e.g. converted from published weights)."""
+    return self.manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)),
+                             force=True)
+
   def restore(self, step: int, abstract_state, iterators: dict | None = None):
-    """Restores the state onto the shardings of `abstract_state`; iterators are set in place."""
-    items = {'state': ocp.args.StandardRestore(abstract_state)}
+    """Restores the full train state onto the shardings of `abstract_state`; iterators are set in
+    place."""
+    items = {'params': ocp.args.StandardRestore(abstract_state['params']),
+             'train_state': ocp.args.StandardRestore({'step': abstract_state['step'],
+                                                      'opt_state': abstract_state['opt_state']})}
     for name, it in (iterators or {}).items():
       items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(it)
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-    return restored['state']
+    return {'params': restored['params'], **restored['train_state']}
+
+  def restore_params(self, step: int, abstract_params):
+    """The model's parameters alone, onto the shardings of `abstract_params`."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
+    return restored['params']
 
   def wait(self):
     self.manager.wait_until_finished()

@@ -55,6 +55,12 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, mesh):
   return {'step': sharding.replicated(mesh), 'params': spec.param_shardings, 'opt_state': opt_sh}
 
 
+def abstract_params(spec: ModelSpec):
+  """ShapeDtypeStructs carrying the parameters' shardings: a restore target."""
+  return jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                      spec.abstract_params, spec.param_shardings)
+
+
 def abstract_state(spec: ModelSpec, tx, mesh):
   shardings = state_shardings(spec, tx, mesh)
   shapes = {'step': jax.ShapeDtypeStruct((), jnp.int32), 'params': spec.abstract_params,
