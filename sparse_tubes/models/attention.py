@@ -13,6 +13,7 @@ from flax import nnx
 from sparse_tubes.models import partitioning
 
 IMPLS = ('auto', 'xla', 'einsum')
+BTHK = ('batch', 'tokens', 'heads', 'kv')  # logical names of q, k, v
 
 
 def resolve_impl(impl: str) -> str:
@@ -42,7 +43,7 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, hidden_size: int, num_heads: int, *, attention_impl: str = 'auto',
-               dtype=jnp.float32, rngs: nnx.Rngs):
+               zero_init_out: bool = False, dtype=jnp.float32, rngs: nnx.Rngs):
     if hidden_size % num_heads:
       raise ValueError(f'config.model.hidden_size = {hidden_size} is not divisible by '
                        f'num_heads = {num_heads}.')
@@ -56,24 +57,35 @@ class MultiHeadAttention(nnx.Module):
     for name in ('query', 'key', 'value'):
       setattr(self, name, nnx.Param(init_in(rngs.params(), shape_in, jnp.float32)))
       setattr(self, f'{name}_bias', nnx.Param(init_b(rngs.params(), shape_in[1:], jnp.float32)))
+    # zero_init_out: the block starts as the identity on this branch (ViViT M3's temporal attention
+    # "initialised to zero", §3.4: zeroing q/k/v too would leave them without gradient).
     init_out = partitioning.names(
-        nnx.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ('heads', 'kv', 'embed'))
+        nnx.initializers.zeros_init() if zero_init_out
+        else nnx.initializers.xavier_uniform(in_axis=(0, 1), out_axis=2), ('heads', 'kv', 'embed'))
     self.out = nnx.Param(init_out(rngs.params(), (num_heads, self.head_dim, hidden_size),
                                   jnp.float32))
     self.out_bias = nnx.Param(partitioning.names(nnx.initializers.zeros_init(), ('embed',))(
         rngs.params(), (hidden_size,), jnp.float32))
 
   def _project(self, x, kernel, bias):
-    return (jnp.einsum('btd,dnh->btnh', x, kernel[...].astype(self.dtype))
-            + bias[...].astype(self.dtype))
+    y = (jnp.einsum('btd,dnh->btnh', x, kernel[...].astype(self.dtype))
+         + bias[...].astype(self.dtype))
+    return partitioning.constrain(y, BTHK)
+
+  def qkv(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None):
+    """Projections (B, T, heads, kv) each; used directly by patterns that split heads (ViViT M4)."""
+    inputs_q = inputs_q.astype(self.dtype)
+    inputs_kv = inputs_q if inputs_kv is None else inputs_kv.astype(self.dtype)
+    return (self._project(inputs_q, self.query, self.query_bias),
+            self._project(inputs_kv, self.key, self.key_bias),
+            self._project(inputs_kv, self.value, self.value_bias))
+
+  def project_out(self, y: jax.Array) -> jax.Array:
+    """(B, T, heads, kv) -> (B, T, D)."""
+    return (jnp.einsum('btnh,nhd->btd', y, self.out[...].astype(self.dtype))
+            + self.out_bias[...].astype(self.dtype))
 
   def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array | None = None) -> jax.Array:
     """(B, Tq, D) queries attend over (B, Tk, D) keys/values (self-attention when None)."""
-    inputs_q = inputs_q.astype(self.dtype)
-    inputs_kv = inputs_q if inputs_kv is None else inputs_kv.astype(self.dtype)
-    q = self._project(inputs_q, self.query, self.query_bias)
-    k = self._project(inputs_kv, self.key, self.key_bias)
-    v = self._project(inputs_kv, self.value, self.value_bias)
-    y = dot_product_attention(q, k, v, impl=self.attention_impl)
-    return (jnp.einsum('btnh,nhd->btd', y, self.out[...].astype(self.dtype))
-            + self.out_bias[...].astype(self.dtype))
+    q, k, v = self.qkv(inputs_q, inputs_kv)
+    return self.project_out(dot_product_attention(q, k, v, impl=self.attention_impl))

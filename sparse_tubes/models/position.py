@@ -1,5 +1,14 @@
-"""Position embeddings: TubeViT's fixed 3D sin/cos at tube centres (§3.3, Eqs. 3-7), and learned
-embeddings (the ablation baseline, `config.model.posemb='learned'`).
+"""Position embeddings (`config.model.posemb`):
+  'sincos3d'  TubeViT's fixed 3D sin/cos at tube centres (§3.3, Eqs. 3-7); a class token gets none.
+  'learned'   one learned table per tube over its (n_t, n_h, n_w) grid: ViViT's joint learned
+              embedding for a single tube (TubeViT's ablation baseline for sparse tubes); a class
+              token gets its own learned entry `posemb/cls` (ViViT/HF: (1 + N) positions).
+  'learned_space_time'  TimeSformer (§3, "learned space position embedding plus learned time
+              embedding"): `posemb/space` (n_h, n_w, D) added to every frame's patches, `posemb/cls`
+              (D,) to the class token (HF's position_embeddings[0]), and `posemb/time` (n_t, D)
+              added to every patch of frame t, not to the class token. As the official code,
+              the space-only model has no time embedding. ViViT M2 uses the same two tables:
+              space before the spatial encoder, time (+ `posemb/time_cls`) before the temporal one.
 """
 from collections.abc import Sequence
 
@@ -40,11 +49,16 @@ class LearnedPosEmb(nnx.Module):
   frame 0 of its 2D-patch tube's table.
   """
 
-  def __init__(self, grids: Sequence[Sequence[int]], dim: int, *, rngs: nnx.Rngs):
+  def __init__(self, grids: Sequence[Sequence[int]], dim: int, *, class_token: bool = False,
+               rngs: nnx.Rngs):
     # normal(1/sqrt(dim)): big_vision's learned ViT position embedding ('learn').
     init = partitioning.names(nnx.initializers.normal(stddev=dim ** -0.5),
                               (None, None, None, 'embed'))
     self.tables = nnx.List([nnx.Param(init(rngs.params(), (*g, dim), jnp.float32)) for g in grids])
+    self.cls = nnx.data(None)
+    if class_token:
+      self.cls = nnx.Param(partitioning.names(nnx.initializers.normal(stddev=dim ** -0.5),
+                                              ('embed',))(rngs.params(), (dim,), jnp.float32))
 
   def __call__(self, grids) -> jax.Array:
     """grids: ((tube index, (n_t, n_h, n_w)), ...) as returned by the tokenizer -> (N, dim)."""
@@ -57,3 +71,44 @@ class LearnedPosEmb(nnx.Module):
             f'{table.shape[:3]}: set config.model.input_shape to the largest (T, H, W, C) fed.')
       out.append(table[:nt, :nh, :nw].reshape(nt * nh * nw, -1))
     return jnp.concatenate(out, axis=0)
+
+
+def _check_grid(name, have, want):
+  if any(w > h for w, h in zip(want, have)):
+    raise ValueError(f'a ({", ".join(map(str, want))}) token grid does not fit the learned {name} '
+                     f'embedding {tuple(have)}: set config.model.input_shape to the largest '
+                     '(T, H, W, C) fed.')
+
+
+class SpaceTimePosEmb(nnx.Module):
+  """TimeSformer's learned space + time embeddings (and ViViT M2's) over one dense tube's grid."""
+
+  def __init__(self, grid: Sequence[int], dim: int, *, time: bool = True, class_token: bool = False,
+               time_cls: bool = False, rngs: nnx.Rngs):
+    nt, nh, nw = grid
+    init = nnx.initializers.normal(stddev=0.02)  # TimeSformer: trunc_normal(std=.02)
+    def param(shape, axes):
+      return nnx.Param(partitioning.names(init, axes)(rngs.params(), shape, jnp.float32))
+    self.space = param((nh, nw, dim), (None, None, 'embed'))
+    self.time = param((nt, dim), (None, 'embed')) if time else nnx.data(None)
+    self.cls = param((dim,), ('embed',)) if class_token else nnx.data(None)
+    self.time_cls = param((dim,), ('embed',)) if time_cls else nnx.data(None)
+
+  def space_table(self, grid) -> jax.Array:
+    """(n_t*n_h*n_w, D): the space embedding of each token, (t, h, w) order."""
+    nt, nh, nw = grid
+    _check_grid('space', self.space.shape[:2], (nh, nw))
+    s = self.space[...][:nh, :nw].reshape(1, nh * nw, -1)
+    return jnp.broadcast_to(s, (nt, nh * nw, s.shape[-1])).reshape(nt * nh * nw, -1)
+
+  def time_table(self, nt: int) -> jax.Array:
+    _check_grid('time', self.time.shape[:1], (nt,))
+    return self.time[...][:nt]
+
+  def __call__(self, grid, *, with_time: bool = True) -> jax.Array:
+    """Space (+ time, per frame) embedding of the patch tokens: (n_t*n_h*n_w, D)."""
+    pos = self.space_table(grid)
+    if with_time and self.time is not None:
+      nt, nh, nw = grid
+      pos = pos + jnp.repeat(self.time_table(nt), nh * nw, axis=0)
+    return pos

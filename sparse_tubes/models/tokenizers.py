@@ -6,6 +6,24 @@ TubeViT's sparse tubes are all the same thing here: a list of tubes, each a 3D c
   tubelets (ViViT):       [((2,16,16), (2,16,16), (0,0,0))]
   sparse tubes (TubeViT): the four tubes of Table 12 (DESIGN §2).
 
+`config.model.image_tube` is the index of the 2D-patch tube images go through, or None for a model
+without an image path (images are then rejected with a clear error).
+
+Tube variants (`config.model.tube_variant`, TubeViT §3.4 / Table 12):
+  'conv'            one 3D convolution per tube (params tokenizer/convs/<i>/{kernel,bias}).
+  'space_to_depth'  every tube's input is folded by `config.model.space_to_depth` = (f_t, f_h, f_w)
+                    (default (1, 2, 2)) from space/time into channels before a smaller convolution:
+                    kernel k/f, stride s/f, in_channels C*f_t*f_h*f_w, channel order (dt, dh, dw, c).
+                    It computes exactly what the unfolded convolution computes (a reshape of its
+                    kernel), while the tube kernels keep the channel layout of a model whose input
+                    is f times smaller (our reading of "space-to-depth to keep channel dims").
+                    Kernels and strides must be divisible by f.
+  'interpolated'    ONE learned kernel of shape `config.model.interpolated_kernel` (default
+                    (8, 8, 8)) x C x D (tokenizer/kernel, tokenizer/bias), trilinearly resized (no
+                    antialiasing, align-corners=False as torch's 'trilinear') to every tube's kernel
+                    shape and scaled by prod(base) / prod(kernel) so a constant input gives the
+                    same response whatever the tube shape.
+
 Token count of a tube along one axis of length L (VALID convolution from offset o):
     n = floor((L - o - k) / s) + 1      (0 when L - o < k)
 
@@ -29,6 +47,7 @@ from sparse_tubes.models import partitioning
 Triple = tuple[int, int, int]
 Tube = tuple[Triple, Triple, Triple]  # (kernel, stride, offset), each (t, h, w)
 _AXES = ('time', 'height', 'width')
+VARIANTS = ('conv', 'space_to_depth', 'interpolated')
 
 
 def tube_grid(kernel: Sequence[int], stride: Sequence[int], offset: Sequence[int],
@@ -81,17 +100,23 @@ def clip_shape(input_shape: Sequence[int], in_channels: int = 3) -> tuple[bool, 
   return len(shape) == 3, ((1,) + shape[:2] if len(shape) == 3 else shape[:3])
 
 
-def _check(tubes: Sequence[Tube], image_tube: int, input_shape: Sequence[int] | None,
+def _check(tubes: Sequence[Tube], image_tube: int | None, input_shape: Sequence[int] | None,
            in_channels: int = 3):
-  if not 0 <= image_tube < len(tubes):
+  if image_tube is None:
+    if input_shape is not None and clip_shape(input_shape, in_channels)[0]:
+      raise ValueError('this model has no image path (config.model.image_tube = None) but gets '
+                       f'images of shape {tuple(input_shape)}: set config.model.image_tube to '
+                       'the index of a 2D-patch tube, or drop the image dataset.')
+  elif not 0 <= image_tube < len(tubes):
     raise ValueError(f'config.model.image_tube = {image_tube} but there are {len(tubes)} tubes: '
                      f'set it to the index of the 2D-patch tube (0..{len(tubes) - 1}).')
-  (kt, _, _), _, (ot, _, _) = tubes[image_tube]
-  if kt != 1 or ot != 0:
-    raise ValueError(
-        f'config.model.tubes[{image_tube}] is the image tube (config.model.image_tube={image_tube}) '
-        f'but is not 2D: its kernel t is {kt} and offset t is {ot}; images are one frame, so set '
-        'kernel t to 1 and offset t to 0, or point image_tube at the 2D-patch tube.')
+  else:
+    (kt, _, _), _, (ot, _, _) = tubes[image_tube]
+    if kt != 1 or ot != 0:
+      raise ValueError(
+          f'config.model.tubes[{image_tube}] is the image tube (config.model.image_tube='
+          f'{image_tube}) but is not 2D: its kernel t is {kt} and offset t is {ot}; images are one '
+          'frame, so set kernel t to 1 and offset t to 0, or point image_tube at the 2D-patch tube.')
   if input_shape is None:
     return
   is_image, thw = clip_shape(input_shape, in_channels)
@@ -111,8 +136,23 @@ def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
   input_shape: one example without batch, (T, H, W, C) for a video or (H, W, C) for an image
   (`sparse_tubes.config.input_shape`); None for the structural checks only.
   """
-  _check(parse_tubes(model_cfg.tubes), int(model_cfg.image_tube), input_shape,
-         int(model_cfg.get('in_channels', 3)))
+  tubes = parse_tubes(model_cfg.tubes)
+  _check(tubes, image_tube_index(model_cfg), input_shape, int(model_cfg.get('in_channels', 3)))
+  if model_cfg.get('tube_variant', 'conv') == 'space_to_depth':
+    fold = tuple(model_cfg.get('space_to_depth', (1, 2, 2)))
+    image_tube = image_tube_index(model_cfg)
+    for i, (k, s, _) in enumerate(tubes):
+      bad = [a for a, kk, ss, f in zip(_AXES, k, s, fold) if kk % f or ss % f]
+      if bad or (i == image_tube and fold[0] != 1):
+        raise ValueError(
+            f"config.model.tube_variant = 'space_to_depth' folds by config.model.space_to_depth = "
+            f'{fold}, which must divide every tube kernel and stride (and f_t = 1 for the image '
+            f'tube): config.model.tubes[{i}] = {(k, s)} fails along {bad or ["time"]}.')
+
+
+def image_tube_index(model_cfg) -> int | None:
+  image_tube = model_cfg.get('image_tube', None)
+  return None if image_tube is None else int(image_tube)
 
 
 def count_tokens(model_cfg, input_shape: Sequence[int]) -> dict:
@@ -121,7 +161,7 @@ def count_tokens(model_cfg, input_shape: Sequence[int]) -> dict:
   Images go through the image tube only; the other tubes count 0 there.
   """
   validate_tubes(model_cfg, input_shape)
-  tubes, image_tube = parse_tubes(model_cfg.tubes), int(model_cfg.image_tube)
+  tubes, image_tube = parse_tubes(model_cfg.tubes), image_tube_index(model_cfg)
   is_image, thw = clip_shape(input_shape, int(model_cfg.get('in_channels', 3)))
   per_tube = [0 if is_image and i != image_tube else int(np.prod(tube_grid(*tube, thw)))
               for i, tube in enumerate(tubes)]
@@ -134,6 +174,17 @@ class Tokens(NamedTuple):
   grids: tuple             # ((tube index, (n_t, n_h, n_w)), ...) in token order
 
 
+def space_to_depth(x: jax.Array, fold: Sequence[int]) -> jax.Array:
+  """(B, T, H, W, C) -> (B, T/ft, H/fh, W/fw, ft*fh*fw*C), cropping the remainder; channel order
+  (dt, dh, dw, c)."""
+  b, t, h, w, c = x.shape
+  ft, fh, fw = fold
+  x = x[:, :t - t % ft, :h - h % fh, :w - w % fw]
+  x = x.reshape(b, t // ft, ft, h // fh, fh, w // fw, fw, c)
+  x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+  return x.reshape(b, t // ft, h // fh, w // fw, ft * fh * fw * c)
+
+
 class SparseTubes(nnx.Module):
   """One 3D convolution per tube (each its own kernel, TubeViT §3.2), tokens concatenated.
 
@@ -141,20 +192,52 @@ class SparseTubes(nnx.Module):
   one-frame videos, so an image token and the same patch of frame 0 get the same position.
   """
 
-  def __init__(self, tubes, hidden_size: int, *, image_tube: int, in_channels: int = 3,
+  def __init__(self, tubes, hidden_size: int, *, image_tube: int | None, in_channels: int = 3,
+               variant: str = 'conv', fold=(1, 2, 2), interpolated_kernel=(8, 8, 8),
                dtype=jnp.float32, rngs: nnx.Rngs):
+    if variant not in VARIANTS:
+      raise ValueError(f'config.model.tube_variant = {variant!r}: use one of {VARIANTS}.')
     self.tubes = parse_tubes(tubes)
-    self.image_tube, self.in_channels = int(image_tube), int(in_channels)
+    self.image_tube = None if image_tube is None else int(image_tube)
+    self.in_channels, self.variant, self.dtype = int(in_channels), variant, dtype
+    self.fold = tuple(int(f) for f in fold) if variant == 'space_to_depth' else (1, 1, 1)
     _check(self.tubes, self.image_tube, None)
     # lecun-normal tube kernels, zero biases: big_vision's ViT patch embedding.
+    kernel_init = partitioning.names(nnx.initializers.lecun_normal(),
+                                     (None, None, None, None, 'embed'))
+    bias_init = partitioning.names(nnx.initializers.zeros_init(), ('embed',))
+    if variant == 'interpolated':
+      self.base_shape = tuple(int(k) for k in interpolated_kernel)
+      self.kernel = nnx.Param(kernel_init(
+          rngs.params(), (*self.base_shape, in_channels, hidden_size), jnp.float32))
+      self.bias = nnx.Param(bias_init(rngs.params(), (hidden_size,), jnp.float32))
+      return
+    cin = self.in_channels * int(np.prod(self.fold))
     self.convs = nnx.List([
-        nnx.Conv(in_channels, hidden_size, kernel_size=k, strides=s, padding='VALID',
-                 dtype=dtype, param_dtype=jnp.float32,
-                 kernel_init=partitioning.names(nnx.initializers.lecun_normal(),
-                                                (None, None, None, None, 'embed')),
-                 bias_init=partitioning.names(nnx.initializers.zeros_init(), ('embed',)),
-                 rngs=rngs)
+        nnx.Conv(cin, hidden_size, kernel_size=tuple(a // f for a, f in zip(k, self.fold)),
+                 strides=tuple(a // f for a, f in zip(s, self.fold)), padding='VALID',
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                 bias_init=bias_init, rngs=rngs)
         for k, s, _ in self.tubes])
+
+  def tube_kernel(self, i: int) -> jax.Array:
+    """The interpolated variant's kernel for tube i: (kt, kh, kw, C, D)."""
+    k = self.tubes[i][0]
+    base = self.kernel[...]
+    w = jax.image.resize(base, (*k, *base.shape[3:]), method='trilinear', antialias=False)
+    return w * (np.prod(self.base_shape) / np.prod(k))
+
+  def _embed(self, i: int, x: jax.Array) -> jax.Array:
+    k, s, o = self.tubes[i]
+    x = x[:, o[0]:, o[1]:, o[2]:]                        # VALID conv from the tube's offset
+    if self.variant == 'interpolated':
+      y = jax.lax.conv_general_dilated(
+          x.astype(self.dtype), self.tube_kernel(i).astype(self.dtype), s, 'VALID',
+          dimension_numbers=('NTHWC', 'THWIO', 'NTHWC'))
+      return y + self.bias[...].astype(self.dtype)
+    if self.variant == 'space_to_depth':
+      x = space_to_depth(x, self.fold)
+    return self.convs[i](x)
 
   def __call__(self, x: jax.Array) -> Tokens:
     if x.ndim not in (4, 5):
@@ -167,7 +250,7 @@ class SparseTubes(nnx.Module):
     tokens, centres, grids = [], [], []
     for i in used:
       k, s, o = self.tubes[i]
-      y = self.convs[i](x[:, o[0]:, o[1]:, o[2]:])  # VALID conv from the tube's offset
+      y = self._embed(i, x)
       b, nt, nh, nw, d = y.shape
       tokens.append(y.reshape(b, nt * nh * nw, d))
       centres.append(tube_centres(k, s, o, (nt, nh, nw)))

@@ -13,7 +13,7 @@ def make(num_layers=2, **kw):
 
 def test_stochastic_depth_rises_linearly():
   enc = make(num_layers=3, stochastic_depth=0.2)
-  assert [b.drop_path for b in enc.blocks] == pytest.approx([0.0, 0.1, 0.2])
+  assert enc.drop_rates == pytest.approx((0.0, 0.1, 0.2))
 
 
 def test_dropout_and_drop_path_only_in_train_with_rngs():

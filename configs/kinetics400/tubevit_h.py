@@ -1,0 +1,20 @@
+"""TubeViT-H on Kinetics-400 (Piergiovanni et al., CVPR 2023, arXiv 2212.03229).
+
+Paper (Table 1): 90.9% top-1 (4x3 views, 17.64 TFLOPs; H is "created" by image-to-video scaling, §3.6); model size 635M (§4). The four sparse tubes of Table 12 on
+32x224x224 clips, fixed 3D sin/cos position at tube centres, attention pooling; recipe of Table 10.
+
+  python -m sparse_tubes info  --config=configs/kinetics400/tubevit_h.py
+  python -m sparse_tubes train --config=configs/kinetics400/tubevit_h.py:cotrain --workdir=gs://...
+
+`:cotrain` adds ImageNet-1k through the 2D-patch tube with its own head, as the paper's main results.
+"""
+from sparse_tubes import zoo
+
+
+def get_config(arg=None):
+  c = zoo.base(arg)
+  c.datasets.kinetics400 = zoo.tubevit_kinetics('kinetics400')
+  zoo.maybe_cotrain(c, arg)
+  zoo.tubevit(c, 'H')
+  zoo.tubevit_recipe(c, 'H')
+  return c

@@ -1,0 +1,387 @@
+"""`python -m sparse_tubes info --config=...`: what a config costs, without allocating the model.
+
+Everything here works on abstract shapes (`nnx.eval_shape`, `jax.ShapeDtypeStruct`): a ViT-H video
+model is described in seconds on a laptop CPU, and nothing is compiled.
+
+  params        parameters in total, per top-level module (tokenizer, encoder, pool, heads, ...) and
+                per dataset head; from the abstract parameter tree.
+  tokens        tokens per input of each dataset (per tube for TubeViT), `tokenizers.count_tokens`,
+                plus the class tokens the model adds.
+  GFLOPs/view   forward pass of one view (one clip, batch 1) in the papers' convention: a
+                multiply-add counts as ONE FLOP (ViViT, TimeSformer and TubeViT all report it so).
+                Reported: XLA's cost analysis of the lowered (not compiled) forward, divided by 2
+                (XLA counts a multiply-add as 2); it also counts elementwise work (softmax, GELU,
+                LayerNorm) at half weight, about 1% more than matmuls alone. `analytic` is the
+                closed-form count of matmuls, convolutions and attention (what fvcore-style
+                counters give); tests keep the two within a few percent.
+  activations   bytes of the tensors JAX's autodiff saves for the backward pass of one example
+                (`saved_residuals` of the loss), at the config's dtype and after its remat policy,
+                excluding parameters and the input. This is the memory a training step holds per
+                example between forward and backward before XLA fuses or rematerialises anything;
+                the compiled peak is usually somewhat lower.
+"""
+import json
+import math
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sparse_tubes import config as config_lib
+from sparse_tubes import zoo
+
+FLOPS_CONVENTION = ('GFLOPs count one multiply-add as one FLOP (the papers\' convention); XLA cost '
+                    'analysis of the lowered forward, divided by 2.')
+ACTIVATION_NOTE = ('tensors autodiff saves for the backward pass of one example (training), at the '
+                   'config\'s dtype and remat policy; parameters and input excluded; before XLA '
+                   'fusion.')
+
+
+# ------------------------------------------------------------------------------------------------
+# Inputs
+
+def num_classes(config) -> dict[str, int]:
+  """Classes per dataset: known names from `zoo.NUM_CLASSES`, otherwise the TFDS builder's info."""
+  out = {}
+  for name, ds in config.datasets.items():
+    if ds.tfds_name in zoo.NUM_CLASSES:
+      out[name] = zoo.NUM_CLASSES[ds.tfds_name]
+      continue
+    try:
+      from sparse_tubes.data import builtin, pipeline
+      out[name] = pipeline.dataset_info(ds, builtin.resolve_data_dir(config.data_dir)).num_classes
+    except Exception as e:  # noqa: BLE001 - any failure means: we cannot know the class count
+      raise ValueError(
+          f'config.datasets.{name}.tfds_name={ds.tfds_name!r}: unknown number of classes. Prepare '
+          f'the dataset, or add it to sparse_tubes.zoo.NUM_CLASSES. ({e})') from None
+  return out
+
+
+def input_shape(ds_cfg) -> tuple[int, ...]:
+  return config_lib.input_shape(ds_cfg)
+
+
+def views(ds_cfg) -> tuple[int, int]:
+  return ((int(ds_cfg.eval_temporal_views) if ds_cfg.kind == 'video' else 1),
+          int(ds_cfg.eval_spatial_views))
+
+
+def _self_consistent_devices(config) -> int:
+  """The device count the config's own mesh asks for (-1 axes count as 1)."""
+  return math.prod(max(int(config.mesh[a]), 1) for a in ('data', 'fsdp', 'tensor'))
+
+
+def _flat_model_cfg(model_cfg, **overrides):
+  cfg = model_cfg.copy_and_resolve_references()
+  with cfg.unlocked():
+    for k, v in overrides.items():
+      if k in cfg:
+        cfg[k] = v
+  return cfg
+
+
+# ------------------------------------------------------------------------------------------------
+# Parameters
+
+def abstract_model(model_cfg, classes: Mapping[str, int]):
+  """(graphdef, abstract Param state) of the model: shapes only, nothing allocated."""
+  from sparse_tubes.models import video_vit
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: video_vit.build_model(model_cfg, classes,
+                                                         rngs=nnx.Rngs(params=0)))
+  return nnx.split(model, nnx.Param)
+
+
+def _size(tree) -> int:
+  return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
+
+
+def param_counts(abstract_state) -> dict:
+  """{'total', 'by_module': {top-level name: n}, 'heads': {dataset: n}}."""
+  pure = nnx.to_pure_dict(abstract_state)
+  by_module = {k: _size(v) for k, v in pure.items()}
+  heads = {k: _size(v) for k, v in pure.get('heads', {}).items()}
+  return dict(total=_size(pure), by_module=by_module, heads=heads)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tokens
+
+_NAME_DEFAULTS = {  # video_vit.NAME_DEFAULTS, for configs that leave these keys out
+    'tubevit': dict(posemb='sincos3d', head='map', attention='joint'),
+    'vivit': dict(posemb='learned', head='token', attention='joint'),
+    'timesformer': dict(posemb='learned_space_time', head='token', attention='divided'),
+}
+
+
+def model_option(model_cfg, key: str):
+  """config.model[key], or the default the model's name implies (video_vit.NAME_DEFAULTS)."""
+  try:
+    from sparse_tubes.models.video_vit import NAME_DEFAULTS
+  except ImportError:  # an older model module without per-name defaults
+    NAME_DEFAULTS = _NAME_DEFAULTS
+  defaults_ = NAME_DEFAULTS.get(model_cfg.get('name', 'tubevit'), _NAME_DEFAULTS['tubevit'])
+  return model_cfg.get(key, defaults_.get(key))
+
+
+def class_tokens(model_cfg, shape) -> int:
+  """Class tokens the model adds to the patch tokens of one input: one with head='token'
+  (ViViT M1, TimeSformer), one per frame for TimeSformer's space-only model; ViViT M2 has one per
+  frame in its spatial encoder (spatial_pool='token') plus one in its temporal encoder."""
+  head = model_option(model_cfg, 'head')
+  nt = _grid(model_cfg, shape)[0] if len(shape) == 4 else 1
+  if model_cfg.get('encoder', 'single') == 'factorised':
+    spatial = nt if model_cfg.get('spatial_pool', 'token') == 'token' else 0
+    return spatial + (1 if head == 'token' else 0)
+  if head != 'token':
+    return 0
+  return nt if model_option(model_cfg, 'attention') == 'space' and len(shape) == 4 else 1
+
+
+def token_counts(model_cfg, shape) -> dict:
+  """Tokens of one input: per tube, total, and the class tokens the model adds on top."""
+  from sparse_tubes.models import tokenizers
+  counts = tokenizers.count_tokens(model_cfg, shape)
+  return dict(input_shape=list(shape), per_tube=counts['per_tube'], total=counts['total'],
+              class_tokens=class_tokens(model_cfg, shape))
+
+
+# ------------------------------------------------------------------------------------------------
+# FLOPs and activations, from the lowered forward
+
+def _forward(graphdef, dataset: str):
+  def f(state, x):
+    return nnx.merge(graphdef, state)(x, dataset=dataset)
+  return f
+
+
+def _cost(lowered) -> dict:
+  cost = lowered.cost_analysis()
+  if isinstance(cost, (list, tuple)):  # older jax: one dict per computation
+    cost = cost[0] if cost else {}
+  return dict(cost or {})
+
+
+def xla_macs(graphdef, state, shape, dataset: str, dtype=jnp.float32) -> float:
+  """Multiply-adds of one forward pass of one example (XLA 'flops' / 2), from the lowered HLO."""
+  x = jax.ShapeDtypeStruct((1, *shape), dtype)
+  lowered = jax.jit(_forward(graphdef, dataset)).lower(state, x)
+  return float(_cost(lowered).get('flops', float('nan'))) / 2
+
+
+def _residual_bytes(graphdef, state, shape, dataset: str, batch: int) -> int:
+  from jax._src.ad_checkpoint import saved_residuals  # public: jax.ad_checkpoint.print_saved_residuals
+  forward = _forward(graphdef, dataset)
+
+  def loss(state, x):
+    return jnp.sum(forward(state, x).astype(jnp.float32))
+
+  x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
+  total = 0
+  for aval, source in saved_residuals(loss, state, x):
+    if source.startswith('from the argument') or source.startswith('from a literal'):
+      continue
+    total += int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+  return total
+
+
+def activation_bytes(graphdef, state, shape, dataset: str) -> int:
+  """Bytes autodiff keeps for the backward pass, per example: the residuals of a batch of 2 minus
+  those of a batch of 1, so that what does not grow with the batch (parameters, their bfloat16
+  copies, constants) is left out."""
+  return (_residual_bytes(graphdef, state, shape, dataset, 2)
+          - _residual_bytes(graphdef, state, shape, dataset, 1))
+
+
+# ------------------------------------------------------------------------------------------------
+# Analytic count (multiply-adds): matmuls, convolutions, attention. Elementwise work is left out.
+
+def _grid(model_cfg, shape):
+  """(n_t, n_h, n_w) of the first tube: the (time, space) token grid factorised patterns use."""
+  from sparse_tubes.models import tokenizers
+  _, thw = tokenizers.clip_shape(shape, int(model_cfg.get('in_channels', 3)))
+  tube = tokenizers.parse_tubes(model_cfg.tubes)[0]
+  return tokenizers.tube_grid(*tube, thw)
+
+
+def analytic_macs(model_cfg, shape, classes: int) -> dict:
+  """Closed-form multiply-adds of one forward pass, by part (tokenizer, encoder, pool, classifier).
+
+  Written from the papers, independently of the model code, to cross-check XLA's count. An
+  attention pattern (config.model.attention) is a list of steps, each over groups of tokens:
+    joint      all tokens                         TubeViT, ViViT M1, TimeSformer ST
+    space      each frame                         TimeSformer S
+    divided    time (+ its own projections and a linear layer) then space      TimeSformer T+S
+    axial      time, width (each + projections + linear layer), then height   TimeSformer T+W+H
+    local_global  local F x H/2 x W/2 windows (+ projections + linear), then global stride-2 grid
+    factorised_self_attention  space, then time (+ projections)               ViViT M3
+    factorised_dot_product     half the heads over space, half over time      ViViT M4
+  and encoder='factorised' is ViViT M2 (spatial encoder per frame, then L_t temporal layers).
+  A class token joins every group except temporal ones (TimeSformer's code), one copy per group.
+  """
+  from sparse_tubes.models import tokenizers
+  d, m, layers = int(model_cfg.hidden_size), int(model_cfg.mlp_dim), int(model_cfg.num_layers)
+  cin = int(model_cfg.get('in_channels', 3))
+  is_image, _ = tokenizers.clip_shape(shape, cin)
+  tubes = tokenizers.parse_tubes(model_cfg.tubes)
+  counts = tokenizers.count_tokens(model_cfg, shape)['per_tube']
+  tokenizer = sum(k_n * math.prod(k) * cin * d for k_n, (k, _, _) in zip(counts, tubes))
+  n = sum(counts)
+  head = model_option(model_cfg, 'head')
+  attention = 'joint' if is_image else model_option(model_cfg, 'attention')
+  ncls = class_tokens(model_cfg, shape)
+
+  def attn(groups, length):  # QK^T and AV of `groups` independent sequences of `length`
+    return 2 * groups * length * length * d
+
+  def layer(tokens, groups, length, mlp_tokens):  # one joint-style block
+    return 4 * d * d * tokens + attn(groups, length) + 2 * d * m * mlp_tokens
+
+  if model_cfg.get('encoder', 'single') == 'factorised':  # ViViT Model 2
+    nt, nh, nw = _grid(model_cfg, shape)
+    ns = nh * nw
+    cs = 1 if model_cfg.get('spatial_pool', 'token') == 'token' else 0
+    ct = 1 if head == 'token' else 0
+    spatial = layers * nt * layer(ns + cs, 1, ns + cs, ns + cs)
+    lt = int(model_cfg.get('temporal_layers', 4))
+    encoder = spatial + lt * layer(nt + ct, 1, nt + ct, nt + ct)
+    pooled = nt
+  elif attention == 'joint':
+    encoder = layers * layer(n + ncls, 1, n + ncls, n + ncls)
+    pooled = n
+  else:
+    nt, nh, nw = _grid(model_cfg, shape)
+    ns = nh * nw
+    c1 = 1 if ncls else 0
+    groupings = {  # name: (groups, tokens per group without class tokens)
+        'space': (nt, ns), 'time': (ns, nt), 'width': (nt * nh, nw), 'height': (nt * nw, nh),
+        'local': (4, n // 4), 'global': (8, n // 8)}
+    steps = {  # (grouping, own projections + linear layer: 'fc' | projections only: 'proj' | '')
+        'space': [('space', '')],
+        'divided': [('time', 'fc'), ('space', '')],
+        'axial': [('time', 'fc'), ('width', 'fc'), ('height', '')],
+        'local_global': [('local', 'fc'), ('global', '')],
+        'factorised_self_attention': [('space', ''), ('time', 'proj')],
+    }
+    if attention == 'factorised_dot_product':
+      per_layer = 4 * d * d * n + (attn(nt, ns) + attn(ns, nt)) // 2 + 2 * d * m * n
+    elif attention in steps:
+      per_layer = 2 * d * m * (n + ncls)
+      for grouping, extra in steps[attention]:
+        groups, length = groupings[grouping]
+        if grouping == 'time' or not c1:
+          tokens, glen = n, length
+        elif attention == 'space':  # one class token per frame, in its own frame
+          tokens, glen = n + ncls, length + 1
+        else:
+          tokens, glen = n + groups, length + 1
+        per_layer += 4 * d * d * tokens + attn(groups, glen) + (d * d * n if extra == 'fc' else 0)
+    else:
+      raise ValueError(f'analytic count: unknown config.model.attention={attention!r}.')
+    encoder = layers * per_layer
+    pooled = n
+  if head == 'map':
+    hm = int(model_cfg.get('head_mlp_dim', m))
+    pool = 2 * d * d + 2 * pooled * d * d + 2 * pooled * d + 2 * d * hm
+  else:
+    pool = 0
+  classifier = d * classes
+  total = tokenizer + encoder + pool + classifier
+  return dict(total=float(total), tokenizer=float(tokenizer), encoder=float(encoder),
+              pool=float(pool), classifier=float(classifier))
+
+
+# ------------------------------------------------------------------------------------------------
+# Summary
+
+def summarize(config, *, activations: bool = True) -> dict:
+  """The numbers `info` prints, as one JSON-able dict (see the module docstring)."""
+  config_lib.validate(config, num_devices=_self_consistent_devices(config), process_count=1)
+  classes = num_classes(config)
+  # FLOPs and shapes do not depend on scan or remat; unrolled layers make XLA's count exact
+  # (its cost analysis counts a while-loop body once).
+  graphdef, state = abstract_model(config.model, classes)
+  flops_graphdef, flops_state = graphdef, state
+  if config.model.get('scan_layers', False):
+    flops_graphdef, flops_state = abstract_model(
+        _flat_model_cfg(config.model, scan_layers=False), classes)
+  params = param_counts(state)
+
+  out = dict(
+      config=dict(model=config.model.get('name'), dtype=config.model.get('dtype', 'float32'),
+                  attention=model_option(config.model, 'attention'),
+                  encoder=config.model.get('encoder', 'single'),
+                  hidden_size=int(config.model.hidden_size),
+                  num_layers=int(config.model.num_layers)),
+      params=params['total'], params_by_module=params['by_module'], params_heads=params['heads'],
+      params_mib=params['total'] * 4 / 2**20,
+      tokens={}, gflops_per_view={}, gflops_per_view_analytic={}, views={}, gflops_per_video={},
+      activation_mib_per_example={},
+      flops_convention=FLOPS_CONVENTION, activation_note=ACTIVATION_NOTE)
+  for name, ds in config.datasets.items():
+    shape = input_shape(ds)
+    out['tokens'][name] = token_counts(config.model, shape)
+    macs = xla_macs(flops_graphdef, flops_state, shape, name)
+    out['gflops_per_view'][name] = macs / 1e9
+    out['gflops_per_view_analytic'][name] = analytic_macs(config.model, shape,
+                                                          classes[name])['total'] / 1e9
+    t, s = views(ds)
+    out['views'][name] = [t, s]
+    out['gflops_per_video'][name] = macs * t * s / 1e9
+    if activations:
+      out['activation_mib_per_example'][name] = activation_bytes(graphdef, state, shape,
+                                                                 name) / 2**20
+  return out
+
+
+def _fmt(x: float) -> str:
+  return f'{x:,.1f}' if abs(x) >= 10 else f'{x:.3g}'
+
+
+_MODULE_ORDER = ('tokenizer', 'posemb', 'cls_token', 'spatial_cls_token', 'encoder',
+                 'spatial_encoder', 'temporal_encoder', 'pool', 'heads')
+
+
+def format_text(s: dict) -> str:
+  c = s['config']
+  encoder = ', factorised encoder' if c.get('encoder') == 'factorised' else ''
+  lines = [f"{c['model']}: {c['num_layers']} layers x {c['hidden_size']} ({c['attention']} attention"
+           f"{encoder}, {c['dtype']} activations)",
+           f"parameters  {s['params']:,}  ({s['params'] / 1e6:.1f}M, {s['params_mib']:.0f} MiB in "
+           'float32)']
+  order = sorted(s['params_by_module'],
+                 key=lambda k: (_MODULE_ORDER.index(k) if k in _MODULE_ORDER else 50, k))
+  for k, v in ((k, s['params_by_module'][k]) for k in order):
+    lines.append(f'  {k:<20}{v:>14,}')
+  for k, v in s['params_heads'].items():
+    lines.append(f'    head {k:<13}{v:>14,}')
+  lines.append('')
+  header = f"{'dataset':<16}{'input':<18}{'tokens':>8}{'GFLOPs/view':>13}{'(analytic)':>12}" \
+           f"{'views':>7}{'GFLOPs/video':>14}{'act. MiB/ex':>13}"
+  lines.append(header)
+  for name in s['tokens']:
+    tok = s['tokens'][name]
+    shape = 'x'.join(str(v) for v in tok['input_shape'][:-1])
+    t, v = s['views'][name]
+    act = s['activation_mib_per_example'].get(name)
+    lines.append(
+        f"{name:<16}{shape:<18}{tok['total'] + tok['class_tokens']:>8}"
+        f"{_fmt(s['gflops_per_view'][name]):>13}{_fmt(s['gflops_per_view_analytic'][name]):>12}"
+        f"{f'{t}x{v}':>7}{_fmt(s['gflops_per_video'][name]):>14}"
+        f"{(_fmt(act) if act is not None else '-'):>13}")
+    per_tube = ' + '.join(str(n) for n in tok['per_tube'])
+    extra = f" + {tok['class_tokens']} class" if tok['class_tokens'] else ''
+    if sum(1 for k in tok['per_tube'] if k) > 1 or extra:
+      lines.append(f"{'':<16}tokens = {per_tube}{extra}")
+  lines.append('')
+  lines.append('GFLOPs: ' + s['flops_convention'])
+  lines.append('act. MiB/ex: ' + s['activation_note'])
+  return '\n'.join(lines)
+
+
+def run(config, *, as_json: bool = False) -> dict:
+  summary = summarize(config)
+  print(json.dumps(summary) if as_json else format_text(summary), flush=True)
+  return summary

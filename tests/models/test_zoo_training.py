@@ -1,0 +1,93 @@
+"""Every model family trains on the built-in direction-of-motion task, and the task separates them:
+space-only attention (frames never meet) stays near chance, temporal patterns learn.
+
+Tiny models (hidden 32, 2 layers) on 8x32x32 clips of the full `moving_shapes/video` (2048 train,
+256 test; 8 classes, chance 12.5%), built once into a temporary data dir. Prints the accuracy of
+each pattern (run with -s to see them).
+"""
+import os
+import time
+
+import pytest
+
+from sparse_tubes import config as config_lib
+from sparse_tubes import evaluate as evaluate_lib
+from sparse_tubes.train import loop
+
+CONFIGS = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'synthetic')
+CHANCE = 1 / 8
+STEPS = int(os.environ.get('ZOO_STEPS', 300))
+
+TUBELETS = (((2, 8, 8), (2, 8, 8), (0, 0, 0)),)   # ViViT tubelets: a 4x4x4 grid, 64 tokens
+# name -> (config file, overrides, learns?). Space-only keeps TimeSformer's 2D 8x8 patches (one frame
+# per token, an 8x4x4 grid): frames never meet. The temporal patterns run on tubelets, which learn
+# in fewer steps on 2 CPU cores; the pattern, not the tokenizer, is what is compared here. Set
+# ZOO_ALL=1 to add axial and TubeViT.
+ZOO = {
+    'timesformer_space': ('timesformer_space_tiny', {}, False),
+    'vivit_m1_joint': ('vivit_m1_tiny', {}, True),
+    'timesformer_divided': ('timesformer_divided_tiny',
+                            dict(model__tubes=TUBELETS, model__image_tube=None), True),
+    # M2 pools each frame by GAP here: with the (zero-initialised) spatial class token it needs more
+    # than 300 steps (0.21 top-1 at 300 steps with L_t = 2, 0.43 with L_t = 1; GAP: 0.87).
+    'vivit_m2_gap': ('vivit_m2_tiny', dict(model__spatial_pool='gap'), True),
+    'vivit_m3': ('vivit_m3_tiny', {}, True),
+    'vivit_m4': ('vivit_m4_tiny', {}, True),
+    'timesformer_local_global': ('timesformer_local_global_tiny',
+                                 dict(model__tubes=TUBELETS, model__image_tube=None), True),
+}
+if os.environ.get('ZOO_ALL'):
+  ZOO.update({
+      # Reported, not asserted: 0.27 top-1 after 300 steps (T, W, H with two zero-initialised fc
+      # branches starts slower); it needs a longer run.
+      'timesformer_axial': ('timesformer_axial_tiny',
+                            dict(model__tubes=TUBELETS, model__image_tube=None), None),
+      'tubevit': ('tubevit_tiny', {}, True),
+  })
+
+
+@pytest.fixture(scope='module')
+def video_data_dir(tmp_path_factory):
+  from sparse_tubes.data import builtin
+  data_dir = str(tmp_path_factory.mktemp('tfds_full'))
+  builtin.ensure_built('moving_shapes/video', data_dir)
+  return data_dir
+
+
+def zoo_config(stem, data_dir, **overrides):
+  c = config_lib.load(os.path.join(CONFIGS, f'{stem}.py'))
+  with c.unlocked():
+    if 'shapes_image' in c.datasets:   # the motion task only
+      del c.datasets['shapes_image']
+  c.data_dir = data_dir
+  v = c.datasets.shapes_video
+  v.batch_size, v.eval_batch_size = 32, 128
+  v.eval_temporal_views, v.eval_spatial_views = 1, 1
+  c.model.hidden_size, c.model.num_layers, c.model.num_heads, c.model.mlp_dim = 32, 2, 2, 64
+  c.total_steps = STEPS
+  c.optimizer.learning_rate = 3e-3
+  c.optimizer.warmup_steps = 30
+  c.log_every_steps = STEPS
+  c.checkpoint_every_steps = STEPS
+  c.async_checkpoints = False
+  return config_lib.override(c, **overrides)
+
+
+@pytest.mark.slow
+def test_direction_of_motion_separates_the_patterns(video_data_dir, tmp_path):
+  results, failures = {}, []
+  for name, (stem, overrides, learns) in ZOO.items():
+    start = time.time()
+    c = zoo_config(stem, video_data_dir, **overrides)
+    loop.train(c, str(tmp_path / name))
+    top1 = evaluate_lib.evaluate(c, str(tmp_path / name))['datasets']['shapes_video']['top1']
+    results[name] = top1
+    print(f'{name:28s} top-1 {top1:.3f}  ({time.time() - start:.0f} s)', flush=True)
+    if learns is None:
+      continue
+    if learns and top1 <= 3 * CHANCE:
+      failures.append(f'{name} {top1:.3f} <= 3x chance')
+    if not learns and top1 >= 2 * CHANCE:
+      failures.append(f'{name} {top1:.3f} >= 2x chance')
+  print('accuracies:', {k: round(v, 3) for k, v in results.items()})
+  assert not failures, failures
