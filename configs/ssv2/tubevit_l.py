@@ -1,8 +1,8 @@
 """TubeViT-L on Something-Something v2 (Piergiovanni et al., CVPR 2023, arXiv 2212.03229).
 
 Paper (Table 4): 76.1% top-1, initialised from the Kinetics-600 model. 32 frames, one per segment
-(Table 10), no flips; SSv2 regularisation of Table 10: dropout 0.3 and label smoothing 0.3 (mixup
-0.3 and RandAugment wait for their config keys, see the data issue).
+(Table 10), no flips; SSv2 regularisation of Table 10: dropout 0.3, label smoothing 0.3, mixup 0.3
+and RandAugment (2, 10).
 """
 from sparse_tubes import zoo
 
