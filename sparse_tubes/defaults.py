@@ -72,6 +72,15 @@ def base() -> ml_collections.ConfigDict:
       ('vocab', None),
   )
 
+  # Start from pretrained weights when the workdir has no checkpoint yet (sparse_tubes/pretrained/
+  # init.py): kind '' (the model's own init), 'vit_npz', 'vit_torch' or 'checkpoint'.
+  c.init_from = ml_collections.ConfigDict(dict(
+      kind='', path='', step=-1, tube_init='central_frame', kernel_resize='pi', posemb='repeat',
+      temporal_init='auto', keep_heads=False, tubes_from='', tube_projection='orthogonal'))
+  # Parameters that never move: names ('/'-joined, as in parameters.txt) matching a regex of
+  # `patterns`, and the encoder blocks before `layers_before` (0: none). Logged at the start.
+  c.freeze = ml_collections.ConfigDict(dict(patterns=(), layers_before=0))
+
   c.grain = ml_collections.ConfigDict(dict(worker_count=0, worker_buffer_size=2, read_threads=4))
 
   c.log_every_steps = 25

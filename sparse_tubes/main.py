@@ -4,6 +4,14 @@
   python -m sparse_tubes evaluate --config=CONFIG.py[:arg] --workdir=DIR [--step=N]
   python -m sparse_tubes info     --config=CONFIG.py[:arg] [--json]
   python -m sparse_tubes prepare  DATASET --manual_dir=DIR [--data_dir=DIR] [--workers=N]
+  python -m sparse_tubes convert  --from=hf|timesformer|vit_npz --input=PATH [--config=...] --workdir=DIR
+  python -m sparse_tubes convert  --to=hf --workdir=DIR --output=HF_DIR [--dataset=NAME] [--step=N]
+  python -m sparse_tubes predict  --workdir=DIR --input=VIDEO|CLIPS.npy [--config=...] [--top_k=5]
+                                  [--save_logits=OUT.npy] [--dataset=NAME] [--step=N] [--fps=F]
+
+  train, evaluate, predict (and convert --to) take --workdir alone when the workdir holds the
+  config.json that `train` or `convert` wrote; --config=DIR/config.py loads the same config and
+  takes --config.field overrides.
 
   --config=configs/synthetic/tubevit_tiny.py:arg   reaches get_config(arg)
   --config.total_steps=100                         overrides a field (unknown fields are errors)
@@ -13,18 +21,33 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'evaluate', 'info', 'prepare')
+COMMANDS = ('train', 'evaluate', 'info', 'prepare', 'convert', 'predict')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config(arg) module).',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and results go.')
-_STEP = flags.DEFINE_integer('step', None, 'evaluate: checkpoint step (default: the latest).')
+_STEP = flags.DEFINE_integer('step', None, 'evaluate, predict, convert --to: checkpoint step '
+                             '(default: the latest).')
 _JSON = flags.DEFINE_bool('json', False, 'info: print one JSON object instead of tables.')
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'prepare: where the downloaded dataset is.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'prepare: TFDS data dir to write (default: '
                                 '$SPARSE_TUBES_DATA_DIR or ~/.cache/sparse_tubes/tfds).')
 _WORKERS = flags.DEFINE_integer('workers', None, 'prepare: parallel decoding processes '
                                 '(default: the number of cores).')
+_FROM = flags.DEFINE_enum('from', None, ['hf', 'timesformer', 'vit_npz'],
+                          'convert: the kind of checkpoint --input is.')
+_TO = flags.DEFINE_enum('to', None, ['hf'], 'convert: export the workdir checkpoint to this layout.')
+_INPUT = flags.DEFINE_string('input', None, 'convert: checkpoint path; predict: a video file or a '
+                             '.npy clip batch (B,T,H,W,C float32).')
+_OUTPUT = flags.DEFINE_string('output', None, 'convert --to=hf: the directory to write.')
+_NUM_HEADS = flags.DEFINE_integer('num_heads', None, 'convert --from=timesformer: attention heads '
+                                  '(not in the file; default hidden/64).')
+_TOP_K = flags.DEFINE_integer('top_k', 5, 'predict: how many classes to print.')
+_SAVE_LOGITS = flags.DEFINE_string('save_logits', None, 'predict: write the logits here (.npy).')
+_DATASET = flags.DEFINE_string('dataset', None, 'predict, convert --to: which head (dataset) to use '
+                               '(default: the first video dataset).')
+_FPS = flags.DEFINE_float('fps', None, 'predict: frame rate to decode a video at (default: the '
+                          "dataset's stored rate, 25 for Kinetics).")
 
 
 def _need(value, flag: str, example: str):
@@ -52,15 +75,55 @@ def main(argv):
                 data_dir=_DATA_DIR.value, workers=_WORKERS.value)
     return
 
-  config = _need(_CONFIG.value, 'config', 'configs/synthetic/tubevit_tiny.py')
+  if command == 'convert' and _TO.value is None:
+    from sparse_tubes import convert
+    source = _need(_FROM.value, 'from', 'hf')
+    result = convert.convert(source, _need(_INPUT.value, 'input', '/models/timesformer-base'),
+                             _need(_WORKDIR.value, 'workdir', '/tmp/converted'), _CONFIG.value,
+                             num_heads=_NUM_HEADS.value)
+    print(f"Converted {result['input']} ({result['from']}, {result['model']}, "
+          f"{result.get('params', 0):,} parameters) into {result['checkpoint_dir']}"
+          + (f"; classifier -> head '{result['head']}'" if result.get('head') else '')
+          + (f"; {result['dropped_head']}" if result.get('dropped_head') else ''), flush=True)
+    return
+
   if command == 'info':
     from sparse_tubes import info
-    info.run(config, as_json=_JSON.value)
+    info.run(_need(_CONFIG.value, 'config', 'configs/synthetic/tubevit_tiny.py'),
+             as_json=_JSON.value)
     return
 
   workdir = _need(_WORKDIR.value, 'workdir', '/tmp/run')
+  config = _CONFIG.value
+  if config is None:
+    from sparse_tubes import config as config_lib
+    if not config_lib.has_workdir_config(workdir):
+      raise app.UsageError(f'--config is required here (e.g. --config=configs/synthetic/'
+                           f'tubevit_tiny.py), unless --workdir holds the config.json that '
+                           f'`train` or `convert` wrote; {workdir} has none.')
+    config = config_lib.load_workdir(workdir)
+  if command == 'convert':
+    from sparse_tubes import convert
+    result = convert.export_hf(config, workdir, _need(_OUTPUT.value, 'output', '/tmp/hf_model'),
+                               dataset=_DATASET.value, step=_STEP.value)
+    print(f"Exported step {result['step']} (head '{result['dataset']}', {result['num_labels']} "
+          f"labels) to {result['output']}", flush=True)
+    return
+  if command == 'predict':
+    from sparse_tubes import predict
+    result = predict.predict(config, workdir, _need(_INPUT.value, 'input', 'video.mp4'),
+                             top_k=_TOP_K.value, save_logits=_SAVE_LOGITS.value,
+                             dataset=_DATASET.value, step=_STEP.value, fps=_FPS.value)
+    print(predict.format_result(result), flush=True)
+    return
   if command == 'train':
+    from sparse_tubes import convert
     from sparse_tubes.train import loop
+    config, target = convert.train_target(config, workdir)
+    if target != workdir:
+      print(f'{workdir} holds a converted checkpoint: training from it '
+            f'(config.init_from.kind=checkpoint) into {target}', flush=True)
+      workdir = target
     summary = loop.train(config, workdir)
     print(f"Trained to step {summary['step']}; checkpoints in {os.path.join(workdir, 'checkpoints')}",
           flush=True)

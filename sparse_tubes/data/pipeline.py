@@ -28,7 +28,7 @@ from sparse_tubes.data import transforms
 
 KINDS = ('video', 'image')
 SAMPLINGS = ('stride', 'segment')
-NORMALIZATIONS = ('minus_one_to_one', 'imagenet')
+NORMALIZATIONS = ('minus_one_to_one', 'imagenet', 'kinetics')
 TRAIN_CROPS = ('scale_jitter', 'random_resized')
 
 

@@ -14,6 +14,9 @@ cv2.setNumThreads(1)
 
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32) * 255
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
+# The Kinetics statistics that PySlowFast, the official TimeSformer and its HuggingFace port use.
+KINETICS_MEAN = np.array([0.45, 0.45, 0.45], np.float32) * 255
+KINETICS_STD = np.array([0.225, 0.225, 0.225], np.float32) * 255
 
 
 class DecodeError(ValueError):
@@ -139,12 +142,16 @@ def eval_spatial(frames, *, min_resize, crop_size, view, num_views):
 
 
 def normalize(x: np.ndarray, method: str) -> np.ndarray:
-  """uint8 -> float32: 'minus_one_to_one' gives [-1, 1]; 'imagenet' subtracts mean, divides by std."""
+  """uint8 -> float32: 'minus_one_to_one' gives [-1, 1]; 'imagenet' and 'kinetics' subtract the
+  mean and divide by the std of those datasets (use 'kinetics' for converted TimeSformer
+  checkpoints)."""
   x = x.astype(np.float32)
   if method == 'minus_one_to_one':
     return x * (1 / 127.5) - 1
   if method == 'imagenet':
     return (x - IMAGENET_MEAN) * (1 / IMAGENET_STD)
+  if method == 'kinetics':
+    return (x - KINETICS_MEAN) * (1 / KINETICS_STD)
   raise ValueError(f'unknown normalization {method!r}')
 
 

@@ -13,7 +13,8 @@ layer axis when config.model.scan_layers=True):
   norm1/{scale,bias}  attention/{query,key,value}[_bias], attention/out[_bias]  (the image-ViT ones)
   <p>_norm, <p>_attention [, <p>_fc/{kernel,bias}]   for each extra step, p in temporal|width|local
   norm2  mlp/fc1/{kernel,bias}  mlp/fc2/{kernel,bias}
-and 'encoder/norm' after the last block.
+and 'encoder/norm' after the last block; 'encoder/gates/alpha' with config.model.scaling_gate_layers
+(models/scaling.py).
 """
 import functools
 import jax
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sparse_tubes.models import attention_patterns as patterns
-from sparse_tubes.models import partitioning
+from sparse_tubes.models import partitioning, scaling
 from sparse_tubes.models.attention import MultiHeadAttention
 
 
@@ -148,6 +149,14 @@ class EncoderBlock(nnx.Module):
     return partitioning.constrain(x, partitioning.BTE)
 
 
+# config.model.space_cls_average: where TimeSformer's space-only model averages its per-frame class
+# tokens. 'before_norm' (default) is the official code (facebookresearch/TimeSformer vit.py: mean
+# over frames, then the final LayerNorm). HF transformers' TimesformerModel never averages: it
+# returns per-frame logits (B*T, classes) from LayerNorm(class token of each frame); the mean of those
+# logits is what 'after_norm' computes (LayerNorm per frame, then the mean; the head is linear).
+# Checkpoints imported from HF use 'after_norm' so their logits match transformers' exactly.
+SPACE_CLS_AVERAGES = ('before_norm', 'after_norm')
+
 REMAT_POLICIES = {
     'none': None,
     'full': jax.checkpoint_policies.nothing_saveable,        # recompute everything in backward
@@ -191,7 +200,8 @@ class Encoder(nnx.Module):
   def __init__(self, num_layers: int, hidden_size: int, num_heads: int, mlp_dim: int, *,
                dropout: float = 0.0, stochastic_depth: float = 0.0, remat=False,
                scan: bool = False, layer_norm_eps: float = 1e-6, dtype=jnp.float32,
-               rngs: nnx.Rngs, **block_kw):
+               space_cls_average: str = 'before_norm', gate_layers=(), rngs: nnx.Rngs,
+               **block_kw):
     blocks = [EncoderBlock(hidden_size, num_heads, mlp_dim, dropout=dropout, dtype=dtype,
                            layer_norm_eps=layer_norm_eps, rngs=rngs, **block_kw)
               for _ in range(num_layers)]
@@ -202,10 +212,19 @@ class Encoder(nnx.Module):
     self.drop_rates = tuple(stochastic_depth * i / max(num_layers - 1, 1)
                             for i in range(num_layers))
     self.random = dropout > 0 or stochastic_depth > 0
+    # TubeViT image-to-video scaling (§3.6, models/scaling.py): + tanh(alpha_l) * z0 after block l.
+    gate_layers = scaling.gate_layers(gate_layers, num_layers)
+    self.gates = scaling.ScalingGates(num_layers, gate_layers, rngs=rngs) if gate_layers else \
+        nnx.data(None)
+    if space_cls_average not in SPACE_CLS_AVERAGES:
+      raise ValueError(f'config.model.space_cls_average = {space_cls_average!r}: use one of '
+                       f'{SPACE_CLS_AVERAGES}.')
+    self.space_cls_average = space_cls_average
 
   def __call__(self, x, layout: patterns.Layout | None = None, *, train: bool = False,
                rngs: nnx.Rngs | None = None):
     layout = layout or patterns.Layout(None, 0)
+    z0 = x
     random = train and self.random
     keys = jax.random.split(dropout_key(rngs), self.num_layers) if random else None
     rates = jnp.asarray(self.drop_rates, jnp.float32) if random and any(self.drop_rates) else None
@@ -221,14 +240,20 @@ class Encoder(nnx.Module):
     if self.scan:
       graphdef, state = nnx.split(self.blocks)
       def body(x, xs):
-        return apply(graphdef, xs[0], x, xs[1], xs[2]), None
-      x, _ = jax.lax.scan(body, x, (state, keys, rates))
+        x = apply(graphdef, xs[0], x, xs[1], xs[2])
+        return (x if self.gates is None else self.gates(x, z0, xs[3])), None
+      x, _ = jax.lax.scan(body, x, (state, keys, rates, jnp.arange(self.num_layers)))
     else:
       for i, block in enumerate(self.blocks):
         graphdef, state = nnx.split(block)
         x = apply(graphdef, state, x, None if keys is None else keys[i],
                   None if rates is None else rates[i])
+        if self.gates is not None:
+          x = self.gates(x, z0, i)
     if layout.num_cls > 1:  # space-only: one class token per frame, averaged (TimeSformer code)
       c = layout.num_cls
+      if self.space_cls_average == 'after_norm':  # HF transformers (see SPACE_CLS_AVERAGES)
+        x = self.norm(x)
       x = jnp.concatenate([x[:, :c].mean(axis=1, keepdims=True), x[:, c:]], axis=1)
+      return x if self.space_cls_average == 'after_norm' else self.norm(x)
     return self.norm(x)

@@ -46,9 +46,14 @@ Keys read from `config.model` (required: hidden_size, num_layers, num_heads, mlp
                     Parameters then live at 'encoder/blocks/<name>' with a leading layer axis
                     (logical name None) instead of 'encoder/blocks/<i>/<name>'.
   attention_impl='auto'   'auto' | 'xla' | 'einsum' (attention.py).
+  scaling_gate_layers=()  TubeViT image-to-video scaling (§3.6, scaling.py): the layers that add
+                    tanh(alpha) * z0 (alpha zero at init); an int k means layers k..L-1.
   layer_norm_eps=1e-6, gelu_approximate=False   to match published checkpoints exactly (HF
                     TimeSformer: eps 1e-6, exact gelu; HF ViViT: eps 1e-6, 'gelu_fast' = the tanh
                     approximation, i.e. gelu_approximate=True).
+  space_cls_average='before_norm'   space-only TimeSformer: average the per-frame class tokens
+                    before the final LayerNorm (official code) or 'after_norm' (= the mean of HF
+                    transformers' per-frame logits; set by checkpoints imported from HF).
 
 Parameter paths: tokenizer/{convs/<i>/{kernel,bias} | kernel, bias}, posemb/{tables/<i>, cls,
 space, time, time_cls}, cls_token (1,1,D), spatial_cls_token (M2), encoder/... (encoder.py) or
@@ -154,10 +159,12 @@ class VideoViT(nnx.Module):
     else:
       self.encoder = Encoder(
           int(cfg.num_layers), *heads_mlp, attention=self.attention,
+          space_cls_average=cfg.get('space_cls_average', 'before_norm'),
           factorised_order=cfg.get('factorised_order', 'space_time'),
           temporal_zero_init=bool(cfg.get('temporal_zero_init', True)),
           local_window=cfg.get('local_window', None),
-          global_stride=tuple(cfg.get('global_stride', (2, 2, 2))), **enc_kw)
+          global_stride=tuple(cfg.get('global_stride', (2, 2, 2))),
+          gate_layers=cfg.get('scaling_gate_layers', ()), **enc_kw)
     self.pool = nnx.data(None)  # a module slot, filled for head='map'
     if self.pool_kind == 'map':
       self.pool = MAPHead(d, int(cfg.num_heads), int(cfg.get('head_mlp_dim', cfg.mlp_dim)),

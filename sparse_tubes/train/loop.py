@@ -8,6 +8,7 @@ from flax import nnx
 
 from sparse_tubes import config as config_lib
 from sparse_tubes.data import builtin, pipeline
+from sparse_tubes.pretrained import init as init_lib
 from sparse_tubes.train import checkpoint, metrics, optim, sharding, state as state_lib, step as step_lib
 
 
@@ -21,6 +22,24 @@ def prepare_data(config):
   return data_dir, infos
 
 
+def _size(tree, name: str) -> int:
+  node = tree
+  for part in name.split('/'):
+    node = node[int(part) if part.isdigit() and int(part) in node else part]
+  return int(node.size)
+
+
+def _group(names) -> str:
+  """'encoder/blocks/0 (12 arrays), ..., tokenizer/convs/3/kernel' for the log."""
+  import re
+  groups = {}
+  for n in names:
+    m = re.match(r'((?:spatial_|temporal_)?encoder/blocks/\d+)/', n)
+    key = m.group(1) if m else n
+    groups[key] = groups.get(key, 0) + 1
+  return ', '.join(f'{k} ({v} arrays)' if v > 1 else k for k, v in groups.items())
+
+
 def save_config(config, workdir: str):
   if jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
@@ -32,6 +51,7 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   """Trains until `config.total_steps` (or until `stop_after_steps` more steps, which tests use to
   simulate a job that stops). Resumes from the latest checkpoint in `workdir`."""
   config_lib.validate(config)
+  init_lib.validate(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_tuple(config.sharding_rules)
   data_dir, infos = prepare_data(config)
@@ -42,11 +62,18 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
 
   spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  tx, frozen = optim.with_freeze(tx, spec.abstract_params, config.get('freeze', None))
   if jax.process_index() == 0:  # The full parameter table, for reading after the fact.
     with open(os.path.join(workdir, 'parameters.txt'), 'w') as f:
       f.write(parameter_overview.get_parameter_overview(spec.abstract_params, include_stats=False))
   print(f'{config.model.name}: {state_lib.param_count(spec.abstract_params):,} parameters; '
         f'mesh {dict(mesh.shape)}; {total_steps} steps; workdir {os.path.abspath(workdir)}', flush=True)
+  if frozen:
+    n_frozen = sum(_size(spec.abstract_params, n) for n in frozen)
+    line = (f'Frozen (config.freeze): {len(frozen)} parameter arrays, {n_frozen:,} of '
+            f'{state_lib.param_count(spec.abstract_params):,} parameters: ' + _group(frozen))
+    logging.info(line)
+    print(line, flush=True)
 
   iterators = {
       n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
@@ -64,6 +91,10 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   else:
     start = 0
     state = state_lib.init_state(config.model, num_classes, spec, tx, mesh, config.seed)
+    state['params'], report = init_lib.apply(config, state['params'], spec.param_shardings)
+    for line in report:
+      logging.info(line)
+      print(line, flush=True)
 
   shardings = state_lib.state_shardings(spec, tx, mesh)
   train_step = step_lib.make_train_step(

@@ -51,3 +51,50 @@ def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformat
     parts.append(optax.clip_by_global_norm(opt_cfg.grad_clip_norm))
   parts.append(opt)
   return optax.chain(*parts), schedule
+
+
+def frozen_mask(params, freeze_cfg) -> tuple[dict, list[str]]:
+  """(bool tree, frozen names) from `config.freeze`: parameter names ('/'-joined paths, e.g.
+  'encoder/blocks/0/attention/query') matching any regex of `patterns` (re.search), plus the
+  encoder blocks before `layers_before` (TubeViT §3.6: freeze the layers before layer k)."""
+  import re
+  patterns = tuple(freeze_cfg.get('patterns', ()) or ()) if freeze_cfg else ()
+  if isinstance(patterns, str):
+    patterns = (patterns,)
+  k = int(freeze_cfg.get('layers_before', 0) or 0) if freeze_cfg else 0
+  compiled = []
+  for p in patterns:
+    try:
+      compiled.append(re.compile(p))
+    except re.error as e:
+      raise ValueError(f'config.freeze.patterns: {p!r} is not a regex ({e}).') from None
+  names = []
+
+  def frozen(path, _):
+    name = '/'.join(str(getattr(e, 'key', getattr(e, 'idx', e))) for e in path)
+    m = re.match(r'(spatial_encoder|encoder)/blocks/(\d+)/', name)
+    if k and re.match(r'(spatial_encoder|encoder)/blocks/[a-z]', name):
+      raise ValueError('config.freeze.layers_before needs config.model.scan_layers=False (scanned '
+                       'blocks share one parameter array per name); freeze by pattern instead.')
+    hit = any(c.search(name) for c in compiled) or bool(m and int(m.group(2)) < k)
+    if hit:
+      names.append(name)
+    return hit
+
+  mask = jax.tree_util.tree_map_with_path(frozen, params)
+  if (compiled or k) and not names:
+    raise ValueError(f'config.freeze (patterns={patterns}, layers_before={k}) matches no parameter; '
+                     'names look like encoder/blocks/0/attention/query (see parameters.txt).')
+  return mask, names
+
+
+def with_freeze(tx: optax.GradientTransformation, params, freeze_cfg):
+  """`tx` with frozen parameters' gradients zeroed before it (so clipping, moments and the
+  global norm ignore them) and their updates zeroed after it (so weight decay cannot move them).
+  Returns (tx, frozen names); tx is unchanged when nothing is frozen. The optimizer state keeps
+  the parameter tree's structure, hence its sharding."""
+  mask, names = frozen_mask(params, freeze_cfg)
+  if not names:
+    return tx, []
+  zero = optax.masked(optax.set_to_zero(), mask)
+  return optax.chain(zero, tx, optax.masked(optax.set_to_zero(), mask)), names

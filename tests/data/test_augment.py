@@ -85,3 +85,14 @@ def test_pipeline_with_random_resized_crop_and_randaugment(tiny_data_dir):
                             (dict(rrc_scale=(0.5, 2.0)), 'rrc_scale')):
     with pytest.raises(ValueError, match=message):
       pipeline.validate(defaults.dataset(**{**cfg.to_dict(), **override}), name='v')
+
+
+def test_normalizations():
+  x = np.array([[[0, 127, 255]]], np.uint8)
+  np.testing.assert_allclose(transforms.normalize(x, 'minus_one_to_one'), [[[-1, -0.00392, 1]]], atol=1e-4)
+  k = transforms.normalize(np.full((1, 1, 3), 0.45 * 255, np.float32).astype(np.uint8), 'kinetics')
+  np.testing.assert_allclose(k, 0.0, atol=0.02)           # the mean maps to ~0
+  np.testing.assert_allclose(transforms.normalize(np.full((1, 1, 3), 255, np.uint8), 'kinetics'),
+                             (1 - 0.45) / 0.225, rtol=1e-5)
+  with pytest.raises(ValueError, match='normalization'):
+    transforms.normalize(x, 'cifar')

@@ -1,0 +1,114 @@
+"""`python -m sparse_tubes predict`: run a checkpoint on one video file or a .npy clip batch.
+
+  predict --workdir=DIR --input=video.mp4 [--config=CONFIG.py] [--top_k=5] [--save_logits=OUT.npy]
+          [--dataset=NAME] [--step=N] [--fps=F]
+
+A video file is decoded with PyAV (data/video_io.py) and cut into the eval views of the dataset
+whose head is used (`eval_temporal_views` x `eval_spatial_views` clips of `num_frames` at
+`frame_stride`, short side resized to `min_resize`, crops of `crop_size`, the dataset's
+normalization: exactly the multi-view evaluation's pre-processing, data/pipeline.py); the views'
+logits are averaged. A `.npy` file holds a float32 clip batch (B, T, H, W, C), already normalized,
+and is fed as is (one row of logits per clip). The top classes are printed with their names
+(the HF config's id2label for converted checkpoints, else the dataset's class names).
+"""
+import os
+import re
+
+import jax
+import numpy as np
+from flax import nnx
+
+from sparse_tubes import convert as convert_lib
+
+
+def _fps(tfds_name: str) -> float | None:
+  """The frame rate `prepare` stored the dataset at: '.../10fps_128px' says it; Kinetics defaults to
+  25 fps; SSv2 and the built-in data keep the source rate."""
+  m = re.search(r'/(?:(\d+(?:\.\d+)?)fps|native)_', tfds_name)
+  if m:
+    return float(m.group(1)) if m.group(1) else None
+  return 25.0 if tfds_name.startswith('kinetics') else None
+
+
+def video_views(path: str, ds_cfg, *, fps: float | None = None) -> np.ndarray:
+  """(views, T, H, W, C) float32 eval views of a video file, in the order the evaluation uses."""
+  from sparse_tubes.data import pipeline, transforms, video_io
+  decoded = video_io.decode_video(path, fps=fps if fps is not None else _fps(ds_cfg.tfds_name),
+                                  short_side=int(ds_cfg.min_resize))
+  spec = pipeline._Spec.from_config(ds_cfg, ds_cfg.eval_split)
+  views = []
+  for tv in range(spec.temporal_views):
+    frames = pipeline._decode(spec, {'video': decoded.frames}, temporal_view=tv)
+    for sv in range(spec.spatial_views):
+      views.append(transforms.eval_spatial(frames, min_resize=spec.min_resize,
+                                           crop_size=spec.crop_size, view=sv,
+                                           num_views=spec.spatial_views))
+  return transforms.normalize(np.stack(views), spec.normalization)
+
+
+def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
+            save_logits: str | None = None, dataset: str | None = None, step: int | None = None,
+            fps: float | None = None, batch_size: int | None = None) -> dict:
+  """Logits and top-k classes of `input_path` (.npy clip batch or a video file)."""
+  from sparse_tubes.train import sharding
+  params, spec, num_classes, step = convert_lib.restore(config, workdir, step)
+  dataset = dataset or convert_lib._default_head(config, num_classes)
+  if dataset not in num_classes:
+    raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes)}.')
+  if input_path.endswith('.npy'):
+    x = np.load(input_path).astype(np.float32)
+    if x.ndim not in (4, 5):
+      raise ValueError(f'{input_path}: expected a clip batch (B, T, H, W, C) (or images '
+                       f'(B, H, W, C)), got shape {x.shape}.')
+    kind, groups = 'npy', None
+  else:
+    if dataset not in config.datasets:
+      raise ValueError(f'head {dataset!r} has no dataset in the config to take the eval views from.')
+    x = video_views(input_path, config.datasets[dataset], fps=fps)
+    kind, groups = 'video', len(x)
+
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  graphdef = spec.graphdef
+
+  @jax.jit
+  def forward(p, xb):
+    return nnx.merge(graphdef, p)(xb, dataset=dataset, train=False)
+
+  bs = batch_size or (config.datasets[dataset].eval_batch_size if dataset in config.datasets else 8)
+  outs = []
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    for i in range(0, len(x), bs):
+      outs.append(np.asarray(jax.device_get(forward(params, x[i:i + bs]))))
+  logits = np.concatenate(outs).astype(np.float32)
+  if groups:  # one video: its views' logits averaged
+    logits = logits.mean(axis=0, keepdims=True)
+  if save_logits:
+    os.makedirs(os.path.dirname(os.path.abspath(save_logits)), exist_ok=True)
+    np.save(save_logits, logits)
+
+  names = convert_lib.class_names(config, workdir, dataset, logits.shape[-1])
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  k = min(top_k, logits.shape[-1])
+  top = []
+  for row_logits, row_probs in zip(logits, probs):
+    order = np.argsort(-row_logits)[:k]
+    top.append([{'index': int(j), 'label': names[j], 'prob': float(row_probs[j]),
+                 'logit': float(row_logits[j])} for j in order])
+  return {'input': input_path, 'kind': kind, 'views': groups, 'step': step, 'dataset': dataset,
+          'logits': logits, 'top': top}
+
+
+def format_result(result: dict) -> str:
+  what = (f"{result['views']} views averaged" if result['kind'] == 'video'
+          else f"{len(result['top'])} clips")
+  lines = [f"{result['input']}: {what}; checkpoint step {result['step']}, head "
+           f"'{result['dataset']}'"]
+  for i, row in enumerate(result['top']):
+    if len(result['top']) > 1:
+      lines.append(f'clip {i}:')
+    for rank, t in enumerate(row, 1):
+      lines.append(f"  {rank}. {t['label']:<32s} p={t['prob']:.4f}  logit={t['logit']:.4f}  "
+                   f"(class {t['index']})")
+  return '\n'.join(lines)

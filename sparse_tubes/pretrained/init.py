@@ -1,0 +1,204 @@
+"""`config.init_from`: where a fresh training run takes its initial parameters.
+
+`train` applies it when the workdir holds no checkpoint yet (a resumed run keeps its own state):
+
+  kind=''            nothing: the model's own random init (the default).
+  kind='vit_npz'     an image ViT .npz (vision_transformer / big_vision), inflated (inflate.py).
+  kind='vit_torch'   an image ViT PyTorch state dict (timm, torchvision, HuggingFace ViT).
+  kind='checkpoint'  the `params` item of one of our checkpoints (a workdir or its checkpoints/
+                     directory; `convert` writes such checkpoints): every parameter with the same
+                     name and shape is taken; the heads only with keep_heads=True (so a new label
+                     set starts from zero heads); parameters the checkpoint lacks keep their init.
+  path, step=-1      the file or workdir; the checkpoint step (-1: latest).
+  tube_init, kernel_resize, posemb, temporal_init, keep_heads   inflation options (inflate.py).
+  tubes_from=''      TubeViT image-to-video scaling (§3.6): a workdir of a (small) TubeViT whose
+                     video tube kernels replace the target's (the image tube keeps the image
+                     ViT's patch kernel). Kernel shapes must match; a different hidden size goes
+                     through tube_projection: 'orthogonal' (a fixed random semi-orthogonal
+                     D_small x D_large matrix folded into the kernels and biases: a linear map
+                     after a convolution is a convolution, so the tokens are the small model's,
+                     rotated into the large model's width) or 'pad' (zero-padded channels).
+"""
+import os
+
+import jax
+import numpy as np
+import ml_collections
+
+from sparse_tubes.pretrained import inflate as inflate_lib
+from sparse_tubes.pretrained import vit as vit_lib
+
+KINDS = ('', 'vit_npz', 'vit_torch', 'checkpoint')
+PROJECTIONS = ('orthogonal', 'pad')
+
+
+def defaults() -> ml_collections.ConfigDict:
+  """config.init_from as defaults.base() sets it: kind '' changes nothing."""
+  from sparse_tubes import defaults as defaults_lib
+  return defaults_lib.base().init_from
+
+
+def validate(config) -> None:
+  init = config.get('init_from', None)
+  if init is None:
+    return
+  known = set(defaults().keys())
+  unknown = sorted(set(init.keys()) - known)
+  if unknown:
+    raise ValueError(f'Unknown config key(s) {", ".join("config.init_from." + k for k in unknown)}. '
+                     f'Known keys: {", ".join(sorted(known))}.')
+  kind = init.get('kind', '')
+  if kind not in KINDS:
+    raise ValueError(f'config.init_from.kind = {kind!r}: use one of {KINDS}.')
+  if kind and not init.get('path', ''):
+    raise ValueError(f"config.init_from.kind = '{kind}' needs config.init_from.path.")
+  if init.get('tube_projection', 'orthogonal') not in PROJECTIONS:
+    raise ValueError(f'config.init_from.tube_projection = {init.tube_projection!r}: use one of '
+                     f'{PROJECTIONS}.')
+  for key, allowed in (('tube_init', inflate_lib.TUBE_INITS),
+                       ('kernel_resize', inflate_lib.KERNEL_RESIZES),
+                       ('posemb', inflate_lib.POSEMB_INITS),
+                       ('temporal_init', inflate_lib.TEMPORAL_INITS)):
+    if init.get(key, allowed[0]) not in allowed:
+      raise ValueError(f'config.init_from.{key} = {init.get(key)!r}: use one of {allowed}.')
+
+
+def read_checkpoint_params(path: str, step: int = -1) -> dict:
+  """The `params` item of our checkpoint in a workdir (or its checkpoints/ dir), as saved."""
+  import orbax.checkpoint as ocp
+  directory = path
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    directory = os.path.join(path, 'checkpoints')
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f'config.init_from.path = {path!r}: no checkpoint directory there.')
+  manager = ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False))
+  try:
+    s = manager.latest_step() if step is None or step < 0 else step
+    if s is None:
+      raise FileNotFoundError(f'config.init_from.path = {path!r}: no checkpoint steps in '
+                              f'{directory}.')
+    restored = manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  finally:
+    manager.close()
+  return jax.tree.map(np.asarray, dict(restored['params']))
+
+
+def merge_checkpoint(src: dict, params: dict, *, keep_heads: bool = False):
+  """Our params from another of our checkpoints: same name and shape taken (heads only with
+  keep_heads); shape mismatches outside the heads are an error listing them all."""
+  s, t = inflate_lib.flatten(src), inflate_lib.flatten(params)
+  new, shapes, taken = dict(t), [], []
+  for k, v in t.items():
+    if k not in s:
+      continue
+    is_head = k.startswith('heads/')
+    if is_head and not keep_heads:
+      continue
+    if tuple(s[k].shape) != tuple(v.shape):
+      if not is_head or keep_heads:
+        shapes.append((k, s[k].shape, v.shape))
+      continue
+    new[k] = np.asarray(s[k], dtype=v.dtype)
+    taken.append(k)
+  missing = sorted(set(t) - set(s))
+  unexpected = sorted(k for k in set(s) - set(t) if not k.startswith('heads/'))
+  if shapes:
+    raise vit_lib.CheckpointMismatch('checkpoint params into config.model', shapes=shapes)
+  report = [f'{len(taken)} of {len(t)} parameter arrays from the checkpoint']
+  if missing:
+    report.append('not in the checkpoint, kept at init: ' + inflate_lib._summarise(missing))
+  if unexpected:
+    report.append('in the checkpoint, not in the model (ignored): '
+                  + inflate_lib._summarise(unexpected))
+  dropped = sorted(k for k in t if k.startswith('heads/') and k not in taken)
+  if dropped:
+    report.append('heads at init: ' + inflate_lib._summarise(dropped))
+  return inflate_lib.unflatten_like(new, params), report
+
+
+def projection(d_small: int, d_large: int, kind: str = 'orthogonal', seed: int = 0) -> np.ndarray:
+  """(d_small, d_large) with orthonormal rows (norms of small-model tokens kept)."""
+  if d_small > d_large:
+    raise ValueError(f'tubes_from: the small model is wider ({d_small}) than the target '
+                     f'({d_large}); image-to-video scaling goes from small to large.')
+  if kind == 'pad' or d_small == d_large:
+    return np.eye(d_small, d_large, dtype=np.float32)
+  a = np.random.default_rng(seed).normal(size=(d_large, d_small))
+  q, _ = np.linalg.qr(a)                    # (d_large, d_small), orthonormal columns
+  return q.T.astype(np.float32)
+
+
+def take_tubes(src: dict, params: dict, model_cfg, *, kind: str = 'orthogonal', seed: int = 0):
+  """TubeViT §3.6: the video tubes of a small TubeViT into the (large) target's tokenizer; the
+  target's image tube is left alone. Hidden sizes may differ (projection())."""
+  s, t = inflate_lib.flatten(src), inflate_lib.flatten(params)
+  image_tube = model_cfg.get('image_tube', None)
+  new, report = dict(t), []
+  i = 0
+  while f'tokenizer/convs/{i}/kernel' in t:
+    key = f'tokenizer/convs/{i}/kernel'
+    if i == image_tube:
+      i += 1
+      continue
+    if key not in s:
+      raise vit_lib.CheckpointMismatch('tubes_from checkpoint', missing=[key])
+    ks, kt = s[key], t[key]
+    if ks.shape[:-1] != kt.shape[:-1]:
+      raise vit_lib.CheckpointMismatch('tubes_from checkpoint', shapes=[(key, ks.shape, kt.shape)])
+    proj = projection(ks.shape[-1], kt.shape[-1], kind, seed)
+    new[key] = (np.asarray(ks) @ proj).astype(kt.dtype)
+    new[f'tokenizer/convs/{i}/bias'] = (np.asarray(s[f'tokenizer/convs/{i}/bias']) @ proj).astype(
+        kt.dtype)
+    report.append(f'tube {i}: {ks.shape} from the small model'
+                  + (f', projected {ks.shape[-1]} -> {kt.shape[-1]} ({kind})'
+                     if ks.shape[-1] != kt.shape[-1] else ''))
+    i += 1
+  if not report:
+    raise ValueError('config.init_from.tubes_from: the target has no video tube besides the image '
+                     'tube (config.model.tube_variant must be conv).')
+  return inflate_lib.unflatten_like(new, params), report
+
+
+def initial_params(config, params: dict) -> tuple[dict, list[str]]:
+  """Host (numpy) params after applying config.init_from to the freshly initialised `params`."""
+  init = config.init_from
+  kind = init.get('kind', '')
+  report = []
+  if kind in ('vit_npz', 'vit_torch'):
+    vit = vit_lib.load(init.path, kind)
+    report.append(f'init_from {kind} {init.path}: {vit.layout} image ViT, {vit.num_layers} '
+                  f'layers, hidden {vit.hidden_size}, patch {vit.patch_size}')
+    params, lines = inflate_lib.inflate(vit, params, config.model, init)
+    report += lines
+  elif kind == 'checkpoint':
+    src = read_checkpoint_params(init.path, int(init.get('step', -1)))
+    report.append(f'init_from checkpoint {init.path}')
+    params, lines = merge_checkpoint(src, params, keep_heads=bool(init.get('keep_heads', False)))
+    report += lines
+  if init.get('tubes_from', ''):
+    src = read_checkpoint_params(init.tubes_from)
+    params, lines = take_tubes(src, params, config.model, kind=init.get('tube_projection',
+                                                                         'orthogonal'),
+                               seed=int(config.get('seed', 0)))
+    report += [f'tubes_from {init.tubes_from}:'] + lines
+  return params, report
+
+
+def apply(config, params, shardings) -> tuple[dict, list[str]]:
+  """Device params (on `shardings`) after config.init_from; every process reads the files and
+  builds the same host arrays, then places its shards."""
+  if not (config.init_from.get('kind', '') or config.init_from.get('tubes_from', '')):
+    return params, []
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    host = multihost_utils.process_allgather(params, tiled=True)
+  else:
+    host = jax.device_get(params)
+  host, report = initial_params(config, host)
+  placed = jax.tree.map(
+      lambda a, sh: jax.make_array_from_callback(a.shape, sh, lambda idx, a=a: a[idx]),
+      host, shardings)
+  return placed, report
+

@@ -1,0 +1,150 @@
+"""`convert` from a HF checkpoint, then `evaluate` and `predict` with the workdir alone (CLI, as a
+user runs it); `convert --to=hf`; configs written into a workdir read back exactly."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+pytest.importorskip('torch')
+pytest.importorskip('transformers')
+
+from sparse_tubes import config as config_lib  # noqa: E402
+from tests.pretrained import hf_helpers as H  # noqa: E402
+from tests.test_main import cli  # noqa: E402
+
+VIVIT_TINY = 'configs/synthetic/vivit_m1_tiny.py'
+
+
+@pytest.fixture(scope='module')
+def converted(tiny_data_dir, tmp_path_factory):
+  """A HF ViViT (8 labels, 8x32x32 clips: the tiny moving-shapes videos) converted with the
+  synthetic ViViT config supplying the dataset."""
+  root = tmp_path_factory.mktemp('convert')
+  model = H.hf_model('vivit', num_labels=8, frames=8, size=32, seed=2)
+  model.save_pretrained(root / 'hf')
+  workdir = root / 'work'
+  proc = cli('convert', '--from=hf', f'--input={root / "hf"}', f'--config={VIVIT_TINY}',
+             f'--config.data_dir={tiny_data_dir}',
+             '--config.datasets.shapes_video.tfds_name=moving_shapes/video_tiny',
+             f'--workdir={workdir}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "classifier -> head 'shapes_video'" in proc.stdout
+  return model, root, workdir
+
+
+def test_convert_writes_checkpoint_and_config(converted):
+  _, _, workdir = converted
+  info = json.load(open(workdir / 'converted.json'))
+  assert info['from'] == 'hf' and info['head'] == 'shapes_video' and info['step'] == 0
+  assert info['labels']['shapes_video'][:2] == ['class_a', 'class_b']
+  assert os.path.isdir(workdir / 'checkpoints' / '0' / 'params')
+  config = config_lib.load_workdir(str(workdir))
+  # Architecture from the HF config.json (hidden 32, 2 layers), datasets from --config.
+  assert config.model.hidden_size == 32 and config.model.num_layers == 2
+  assert config.model.tubes == (((2, 8, 8), (2, 8, 8), (0, 0, 0)),)
+  assert config.model.gelu_approximate and config.model.head == 'token'
+  assert config.datasets.shapes_video.tfds_name == 'moving_shapes/video_tiny'
+  assert config.total_steps == 600  # the recipe of --config
+
+
+def test_evaluate_and_predict_with_workdir_alone(converted, tmp_path):
+  model, _, workdir = converted
+  ev = cli('evaluate', f'--workdir={workdir}')
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  assert 'shapes_video' in ev.stdout and '2x3' in ev.stdout
+  results = json.load(open(workdir / 'eval_results.json'))
+  assert results['step'] == 0 and results['datasets']['shapes_video']['num_videos'] == 16
+
+  x = H.clips(batch=3, frames=8, size=32, seed=5)
+  np.save(tmp_path / 'clips.npy', x)
+  pr = cli('predict', f'--workdir={workdir}', f'--input={tmp_path / "clips.npy"}', '--top_k=3',
+           f'--save_logits={tmp_path / "logits.npy"}')
+  assert pr.returncode == 0, pr.stderr[-3000:]
+  logits = np.load(tmp_path / 'logits.npy')
+  want = H.hf_logits(model, x)
+  np.testing.assert_allclose(logits, want, atol=1e-4)  # default matmul precision on CPU
+  top = H.CLASSES and [f'class_{chr(97 + i)}' for i in np.argsort(-want[0])[:3]]
+  assert 'clip 0:' in pr.stdout and f'1. {top[0]}' in pr.stdout and top[2] in pr.stdout
+
+
+def test_export_to_hf_from_workdir(converted, tmp_path):
+  from transformers import VivitForVideoClassification
+  model, root, workdir = converted
+  proc = cli('convert', '--to=hf', f'--workdir={workdir}', f'--output={tmp_path / "hf"}')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  back = VivitForVideoClassification.from_pretrained(str(tmp_path / 'hf')).eval()
+  x = H.clips(batch=1, frames=8, size=32)
+  np.testing.assert_allclose(H.hf_logits(back, x), H.hf_logits(model, x), atol=1e-6)
+  assert back.config.id2label[1] == 'class_b'
+
+
+def test_convert_without_config_names_the_dataset_by_classes(tmp_path):
+  from sparse_tubes import convert
+  model = H.hf_model('timesformer', 'joint_space_time', num_labels=174)
+  model.save_pretrained(tmp_path / 'hf')
+  info = convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'work'))
+  assert info['head'] == 'ssv2' and info['num_classes'] == {'ssv2': 174}
+  config = config_lib.load_workdir(str(tmp_path / 'work'))
+  ds = config.datasets.ssv2
+  assert (ds.num_frames, ds.crop_size, ds.sampling, ds.flip) == (H.T, H.SIZE, 'segment', False)
+  assert config.model.attention == 'joint' and config.model.input_shape == (H.T, H.SIZE, H.SIZE, 3)
+  with pytest.raises(FileExistsError, match='new --workdir'):
+    convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'work'))
+
+
+@pytest.mark.parametrize('path', ['configs/synthetic/tubevit_tiny.py',
+                                  'configs/kinetics400/timesformer_divst.py',
+                                  'configs/kinetics400/vivit_b16x2_fe.py'])
+def test_workdir_config_round_trips(tmp_path, path):
+  """config.json (train's save_config or convert's) reads back with tuples and None intact."""
+  from sparse_tubes.train import loop
+  config = config_lib.load(path)
+  loop.save_config(config, str(tmp_path))
+  back = config_lib.load_workdir(str(tmp_path))
+  assert back.to_dict() == config.to_dict()
+  assert isinstance(back.model.tubes[0][0], tuple) and isinstance(back.sharding_rules, tuple)
+  config_lib.save_workdir(config, str(tmp_path / 'w'))
+  snap = config_lib.load(str(tmp_path / 'w' / 'config.py'), total_steps=7)
+  assert snap.total_steps == 7 and snap.model.to_dict() == config.model.to_dict()
+
+
+def test_train_on_a_converted_workdir_starts_from_it(tmp_path):
+  """`train --workdir=DIR` on a convert workdir: nothing to resume, so it trains from the converted
+  checkpoint (init_from, heads kept) into DIR/finetune."""
+  from sparse_tubes import convert
+  model = H.hf_model('vivit', num_labels=3)
+  model.save_pretrained(tmp_path / 'hf')
+  convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'w'))
+  config = config_lib.load_workdir(str(tmp_path / 'w'))
+  cfg, target = convert.train_target(config, str(tmp_path / 'w'))
+  assert target == str(tmp_path / 'w' / 'finetune')
+  assert (cfg.init_from.kind, cfg.init_from.path, cfg.init_from.step, cfg.init_from.keep_heads) == (
+      'checkpoint', str(tmp_path / 'w'), 0, True)
+  assert convert.train_target(config, str(tmp_path / 'other')) == (config, str(tmp_path / 'other'))
+
+
+def test_convert_vit_npz_inflates_into_the_config_model(tmp_path):
+  """--from=vit_npz: the image ViT is inflated (pretrained/inflate.py) into --config's model."""
+  from sparse_tubes import convert
+  from sparse_tubes.pretrained import vit
+  from sparse_tubes.train import checkpoint
+  from tests.pretrained import vit_helpers as V
+  image = V.build(V.image_model_cfg())
+  image_params = V.perturbed(V.params_of(image))
+  npz = vit.save_npz(vit.from_model_params(image_params), str(tmp_path / 'vit.npz'),
+                     num_heads=V.HEADS)
+  config = config_lib.load(VIVIT_TINY)
+  config.unlock()
+  config.model.update(hidden_size=V.D, num_layers=V.LAYERS, num_heads=V.HEADS, mlp_dim=V.MLP)
+  info = convert.convert('vit_npz', npz, str(tmp_path / 'w'), config)
+  assert info['from'] == 'vit_npz' and info['num_classes'] == {'shapes_video': 8}
+  back = config_lib.load_workdir(str(tmp_path / 'w'))
+  assert back.init_from.kind == '' and back.model.hidden_size == V.D
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'w'), read_only=True)
+  import orbax.checkpoint as ocp
+  restored = ckpt.manager.restore(0, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  ckpt.close()
+  got = restored['params']['encoder']['blocks']['0']['attention']['query']
+  np.testing.assert_allclose(got, image_params['encoder']['blocks'][0]['attention']['query'],
+                             rtol=1e-6)
