@@ -290,3 +290,37 @@ def timesformer_ssv2(setting: str = 'base', **kw):
   return ssv2_dataset(num_frames=frames, crop_size=crop, min_resize=crop,
                       max_resize=crop * 320 // 224, batch_size=8, views=(1, 3), eval_batch_size=12,
                       normalization='imagenet', **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Tiny configs on the built-in dataset (configs/synthetic/*_tiny.py)
+
+def synthetic(images: bool = True) -> ml_collections.ConfigDict:
+  """The built-in moving-shapes videos (label: direction of motion), optionally the images (label:
+  shape, through the 2D-patch tube), a 4-layer width-64 encoder and a 600-step recipe that runs in
+  minutes on 2 CPU cores. Each tiny config then sets its tokenizer, position and attention."""
+  c = defaults.base()
+  c.datasets.shapes_video = defaults.dataset(
+      tfds_name='moving_shapes/video', kind='video', batch_size=32, eval_batch_size=48,
+      num_frames=8, frame_stride=1, crop_size=32, min_resize=36, max_resize=40, flip=False,
+      eval_temporal_views=2, eval_spatial_views=3)
+  if images:
+    c.datasets.shapes_image = defaults.dataset(
+        tfds_name='moving_shapes/image', kind='image', batch_size=16, eval_batch_size=48,
+        crop_size=32, min_resize=36, max_resize=40, flip=True, loss_weight=0.5,
+        eval_spatial_views=1)
+  c.model.hidden_size = 64
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.mlp_dim = 256
+  c.model.dropout = 0.0
+  c.model.stochastic_depth = 0.0
+  c.model.input_shape = (8, 32, 32, 3)    # sizes the learned position tables (unused by sincos3d)
+  c.total_steps = 600
+  c.label_smoothing = 0.1
+  c.optimizer.learning_rate = 2e-3
+  c.optimizer.warmup_steps = 50
+  c.optimizer.weight_decay = 1e-4
+  c.log_every_steps = 25
+  c.checkpoint_every_steps = 200
+  return c

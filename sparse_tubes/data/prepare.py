@@ -23,6 +23,7 @@ Every video it could not use (missing, undecodable, no video stream, zero frames
 in the class list) is skipped, counted and listed with its reason in `<data_dir>/<name>/<config>/
 prepare_report.json`; nothing is fatal but a missing annotation file.
 """
+import abc
 import concurrent.futures
 import dataclasses
 import hashlib
@@ -254,9 +255,10 @@ class VideoBuilder(builtin.Builder):
   videos_per_shard: int = 16
   keep_work: bool = False
 
+  @abc.abstractmethod
   def list_videos(self, manual_dir: str) -> tuple[list[str], dict[str, list[Video]]]:
-    """(class names in label order, {split: videos}) from the release under manual_dir."""
-    raise NotImplementedError
+    """(class names in label order, {split: videos}) from the release under manual_dir; each
+    dataset's builder (kinetics.py, ssv2.py) says where its release keeps them."""
 
   def _info(self):
     video = builtin.video_features(None)
