@@ -137,9 +137,9 @@ def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
   (`sparse_tubes.config.input_shape`); None for the structural checks only.
   """
   tubes = parse_tubes(model_cfg.tubes)
-  _check(tubes, image_tube_index(model_cfg), input_shape, int(model_cfg.get('in_channels', 3)))
-  if model_cfg.get('tube_variant', 'conv') == 'space_to_depth':
-    fold = tuple(model_cfg.get('space_to_depth', (1, 2, 2)))
+  _check(tubes, image_tube_index(model_cfg), input_shape, int(model_cfg.in_channels))
+  if model_cfg.tube_variant == 'space_to_depth':
+    fold = tuple(model_cfg.space_to_depth)
     image_tube = image_tube_index(model_cfg)
     for i, (k, s, _) in enumerate(tubes):
       bad = [a for a, kk, ss, f in zip(_AXES, k, s, fold) if kk % f or ss % f]
@@ -151,7 +151,7 @@ def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
 
 
 def image_tube_index(model_cfg) -> int | None:
-  image_tube = model_cfg.get('image_tube', None)
+  image_tube = model_cfg.image_tube
   return None if image_tube is None else int(image_tube)
 
 
@@ -162,7 +162,7 @@ def count_tokens(model_cfg, input_shape: Sequence[int]) -> dict:
   """
   validate_tubes(model_cfg, input_shape)
   tubes, image_tube = parse_tubes(model_cfg.tubes), image_tube_index(model_cfg)
-  is_image, thw = clip_shape(input_shape, int(model_cfg.get('in_channels', 3)))
+  is_image, thw = clip_shape(input_shape, int(model_cfg.in_channels))
   per_tube = [0 if is_image and i != image_tube else int(np.prod(tube_grid(*tube, thw)))
               for i, tube in enumerate(tubes)]
   return dict(per_tube=per_tube, total=sum(per_tube))
