@@ -99,11 +99,12 @@ def check_model(m) -> None:
     raise ValueError('config.model.tubes is empty: give ((kernel), (stride), (offset)) per tube, '
                      'each (t, h, w).')
   for i, tube in enumerate(m.tubes):
-    if not isinstance(tube, (tuple, list)) or len(tube) != 3:
+    try:
+      for part in tube if isinstance(tube, (tuple, list)) and len(tube) == 3 else (None,):
+        _int_tuple(part, 3, '', '')
+    except ValueError:
       raise ValueError(f'config.model.tubes[{i}] = {tube!r}: expected ((kernel), (stride), '
-                       '(offset)), each (t, h, w).')
-    for part in tube:
-      _int_tuple(part, 3, f'config.model.tubes[{i}]', '((kernel), (stride), (offset)) of 3 ints each')
+                       '(offset)), each 3 ints (t, h, w).') from None
   for key in ('space_to_depth', 'interpolated_kernel', 'global_stride'):
     _int_tuple(m[key], 3, f'config.model.{key}', '(t, h, w) ints')
   if m.local_window is not None:
@@ -273,7 +274,8 @@ def override(config: ml_collections.ConfigDict, **overrides) -> ml_collections.C
     for p in parents:
       node = node[p]
     if leaf not in node:
-      raise KeyError(f'config.{key.replace("__", ".")} does not exist.')
+      where = 'config.' + ''.join(p + '.' for p in parents)
+      raise KeyError(str(_unknown(leaf, node.keys(), where)))
     node[leaf] = value
   return config
 
