@@ -1,6 +1,6 @@
 """The model: tokenizer -> (+ position) -> encoder -> pooled representation -> head[dataset].
 
-Every paper model is a configuration of this one class (DESIGN §2-4):
+Every paper model is a configuration of this one class:
   TubeViT      sparse tubes, posemb='sincos3d', attention='joint', head='map'
   ViViT M1     one tubelet tube (2,16,16)/(2,16,16), posemb='learned', attention='joint', head='token'
   ViViT M2     the same with encoder='factorised' (spatial encoder per frame, temporal_layers)
@@ -8,9 +8,12 @@ Every paper model is a configuration of this one class (DESIGN §2-4):
   TimeSformer  one 2D-patch tube (1,16,16)/(1,16,16), posemb='learned_space_time', head='token',
                attention in 'space' | 'joint' | 'divided' | 'local_global' | 'axial'
 
-Keys read from `config.model` (required: hidden_size, num_layers, num_heads, mlp_dim, tubes):
+Keys of `config.model`, with their defaults and types in `sparse_tubes.defaults.model()` (checked
+by `sparse_tubes.config.model_config`; required: name, hidden_size, num_layers, num_heads, mlp_dim,
+tubes):
   name              'tubevit' | 'vivit' | 'timesformer'; all build VideoViT. The name only sets
-                    the defaults of posemb, head and attention (NAME_DEFAULTS below).
+                    the defaults of posemb, head and attention (defaults.NAME_DEFAULTS) when they
+                    are left ''.
   hidden_size, num_layers, num_heads, mlp_dim   the ViT encoder (num_layers: the spatial encoder's
                     for encoder='factorised').
   tubes             ((kernel), (stride), (offset)) per tube, each (t, h, w); see tokenizers.py.
@@ -26,7 +29,8 @@ Keys read from `config.model` (required: hidden_size, num_layers, num_heads, mlp
                     learned posembs).
   head              pooling before the per-dataset linear heads: 'token' (class token) | 'gap' |
                     'map'. Default by name: tubevit 'map', vivit 'token', timesformer 'token'.
-  head_mlp_dim=mlp_dim  the MAP head's MLP.
+  head_mlp_dim=0    0: TubeViT's attention pooling (probe, attention, LayerNorm; paper §3.1);
+                    > 0: big_vision's MAPHead, with an MLP block of this width.
   attention         the encoder's space/time pattern (attention_patterns.py): 'joint' | 'space' |
                     'divided' | 'local_global' | 'axial' | 'factorised_self_attention' (ViViT M3) |
                     'factorised_dot_product' (ViViT M4). Default 'joint' (timesformer: 'divided').
