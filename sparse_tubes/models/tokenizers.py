@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import defaults
 from sparse_tubes.models import partitioning
 
 Triple = tuple[int, int, int]
@@ -130,12 +131,18 @@ def _check(tubes: Sequence[Tube], image_tube: int | None, input_shape: Sequence[
             f'Make the kernel or offset smaller along {axis}, or feed a larger input.')
 
 
+def _complete(model_cfg):
+  """config.model with defaults.model() filling in what a partial dict (tests, tools) leaves out."""
+  return defaults.model(**(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg))
+
+
 def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
   """Raise ValueError naming `config.model.tubes[i]` and the fix when the tube set is unusable.
 
   input_shape: one example without batch, (T, H, W, C) for a video or (H, W, C) for an image
   (`sparse_tubes.config.input_shape`); None for the structural checks only.
   """
+  model_cfg = _complete(model_cfg)
   tubes = parse_tubes(model_cfg.tubes)
   _check(tubes, image_tube_index(model_cfg), input_shape, int(model_cfg.in_channels))
   if model_cfg.tube_variant == 'space_to_depth':
@@ -151,7 +158,7 @@ def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
 
 
 def image_tube_index(model_cfg) -> int | None:
-  image_tube = model_cfg.image_tube
+  image_tube = _complete(model_cfg).image_tube
   return None if image_tube is None else int(image_tube)
 
 
@@ -161,6 +168,7 @@ def count_tokens(model_cfg, input_shape: Sequence[int]) -> dict:
   Images go through the image tube only; the other tubes count 0 there.
   """
   validate_tubes(model_cfg, input_shape)
+  model_cfg = _complete(model_cfg)
   tubes, image_tube = parse_tubes(model_cfg.tubes), image_tube_index(model_cfg)
   is_image, thw = clip_shape(input_shape, int(model_cfg.in_channels))
   per_tube = [0 if is_image and i != image_tube else int(np.prod(tube_grid(*tube, thw)))
