@@ -22,12 +22,10 @@ def _unknown(key: str, known, where: str) -> ValueError:
 
 
 def _type_ok(value, types) -> bool:
-  if isinstance(value, bool):  # bool is an int in Python, but not a valid int or float here
+  if isinstance(value, bool):  # a bool is an int in Python, but not a valid int or float here
     return bool in types
-  if isinstance(value, int) and float in types:
-    return True
-  return isinstance(value, tuple(t for t in types if t is not float) + (
-      (float,) if float in types else ()) + ((list,) if tuple in types else ()))
+  accepted = set(types) | ({int} if float in types else set()) | ({list} if tuple in types else set())
+  return isinstance(value, tuple(accepted))
 
 
 def check_tree(cfg, reference, where: str = 'config.') -> None:
