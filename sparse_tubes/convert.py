@@ -152,7 +152,7 @@ def convert(source: str, input_path: str, workdir: str, config=None, *,
   config_lib.save_workdir(cfg, workdir, command='convert')
   info = {'from': source, 'input': os.path.abspath(input_path), 'step': 0,
           'checkpoint_dir': directory, 'model': cfg.model.name,
-          'attention': cfg.model.get('attention', ''), 'head': head,
+          'attention': cfg.model.attention, 'head': head,
           'num_classes': num_classes, 'labels': {head: list(imported.labels)}
           if head and imported.labels else {}, 'ignored_keys': imported.ignored,
           'params': int(state_lib.param_count(spec.abstract_params))}
@@ -268,13 +268,13 @@ def export_hf(config, workdir: str, output: str, *, dataset: str | None = None,
   if dataset not in num_classes:
     raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes)}.')
   flat = {k: np.asarray(v) for k, v in hf.flatten(jax.device_get(params)).items()}
-  if config.model.get('scan_layers', False):
+  if config.model.scan_layers:
     flat = hf.unstack_scanned(flat, int(config.model.num_layers))
   head = (flat.pop(f'heads/{dataset}/kernel'), flat.pop(f'heads/{dataset}/bias'))
   flat = {k: v for k, v in flat.items() if not k.startswith('heads/')}
   model = config.model.to_dict()
-  if model.get('name') == 'timesformer' and model.get('attention') == 'space' and \
-      model.get('space_cls_average', 'before_norm') != 'after_norm':
+  if model['name'] == 'timesformer' and model['attention'] == 'space' and \
+      model['space_cls_average'] != 'after_norm':
     print('note: HF space-only TimeSformer returns per-frame logits (LayerNorm per frame); this '
           'model averages class tokens before the LayerNorm, so the mean of HF logits differs '
           'slightly from ours.', flush=True)

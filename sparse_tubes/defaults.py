@@ -1,8 +1,18 @@
-"""Defaults shared by every config file: `base()` for the run, `dataset()` for each named dataset.
+"""Defaults shared by every config file: `base()` for the run, `dataset()` for each named dataset,
+`model()` for config.model.
 
 Config files under configs/ start from these and change what they need; validation
-(`sparse_tubes.config`) rejects keys that are not here, so a typo fails before anything runs."""
+(`sparse_tubes.config`) rejects keys that are not here (naming the closest one) and values of
+another type than the default's (`TYPES` lists the keys that take more than one type), so a typo
+fails before anything runs.
+
+A new key is added here, with its default and a comment, and read as `config.model.key` (never
+`.get(key, default)`: the default lives only here); a key taking more than one type, or None,
+also gets an entry in TYPES.
+"""
 import ml_collections
+
+NoneType = type(None)
 
 
 def dataset(**kw) -> ml_collections.ConfigDict:
@@ -35,6 +45,69 @@ def dataset(**kw) -> ml_collections.ConfigDict:
   return d
 
 
+def model(**kw) -> ml_collections.ConfigDict:
+  """Every key of config.model, read by `sparse_tubes.models.video_vit` (its docstring says what
+  each does). Not type-safe as a ConfigDict (so `remat` may become 'full', `image_tube` an int):
+  `sparse_tubes.config.validate` checks the types against these defaults and TYPES."""
+  m = ml_collections.ConfigDict(dict(
+      name='',                 # 'tubevit' | 'vivit' | 'timesformer' (required)
+      # The ViT encoder (required; num_layers: the spatial encoder's for encoder='factorised').
+      hidden_size=0, num_layers=0, num_heads=0, mlp_dim=0,
+      tubes=(),                # ((kernel), (stride), (offset)) per tube, each (t, h, w) (required)
+      image_tube=None,         # index of the 2D-patch tube images go through; None: no image path
+      tube_variant='conv',     # 'conv' | 'space_to_depth' | 'interpolated' (TubeViT §3.4)
+      space_to_depth=(1, 2, 2),       # fold (t, h, w) of tube_variant='space_to_depth'
+      interpolated_kernel=(8, 8, 8),  # the one learned kernel of tube_variant='interpolated'
+      in_channels=3,
+      posemb='',               # 'sincos3d' | 'learned' | 'learned_space_time'; '': by name
+      posemb_tau=10000.0,      # sincos3d's tau
+      input_shape=None,        # (T, H, W, C) of the largest clip: sizes the learned posembs
+      head='',                 # pooling: 'token' | 'gap' | 'map'; '': by name (tubevit 'map')
+      head_mlp_dim=0,          # > 0: big_vision's MAP head (+ MLP block); 0: TubeViT's pooling
+      attention='',            # the encoder's space/time pattern; '': by name
+      attention_impl='auto',   # one of sparse_tubes.models.attention.IMPLS
+      factorised_order='space_time',  # ViViT M3: or 'time_space'
+      temporal_zero_init=True,
+      local_window=None,       # local_global's window (t, h, w) in tokens; None: (n_t, n_h/2, n_w/2)
+      global_stride=(2, 2, 2),  # local_global's sparse global stride (t, h, w)
+      encoder='single',        # or 'factorised' (ViViT M2)
+      temporal_layers=4,       # ViViT M2's L_t
+      spatial_pool='token',    # ViViT M2's per-frame vector: 'token' | 'gap'
+      dropout=0.0,
+      stochastic_depth=0.0,
+      dtype='float32',         # activation/compute dtype; parameters stay float32
+      remat=False,             # False/'none' | True/'full' | 'dots_saveable' | ...
+      scan_layers=False,
+      scaling_gate_layers=(),  # TubeViT §3.6 gated layers; an int k means layers k..L-1
+      layer_norm_eps=1e-6,
+      gelu_approximate=False,
+      space_cls_average='before_norm',  # space-only TimeSformer: or 'after_norm' (HF)
+  ), type_safe=False)
+  unknown = set(kw) - set(m)
+  if unknown:
+    raise ValueError(f'Unknown config key(s) {sorted("model." + k for k in unknown)}.')
+  m.update(kw)
+  return m
+
+
+# What posemb, head and attention = '' mean, by model name.
+NAME_DEFAULTS = {
+    'tubevit': dict(posemb='sincos3d', head='map', attention='joint'),
+    'vivit': dict(posemb='learned', head='token', attention='joint'),
+    'timesformer': dict(posemb='learned_space_time', head='token', attention='divided'),
+}
+
+
+# Keys of model() whose value may have another type than the default's (None: unset).
+TYPES = {
+    'model.image_tube': (int, NoneType),
+    'model.input_shape': (tuple, NoneType),
+    'model.local_window': (tuple, NoneType),
+    'model.remat': (bool, str),
+    'model.scaling_gate_layers': (tuple, int),
+}
+
+
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
@@ -42,9 +115,7 @@ def base() -> ml_collections.ConfigDict:
   c.datasets = ml_collections.ConfigDict()
   c.eval_datasets = ()        # names to evaluate; () -> all
 
-  c.model = ml_collections.ConfigDict()
-  c.model.dtype = 'float32'   # activation/compute dtype; parameters stay float32
-  c.model.remat = False
+  c.model = model()
 
   c.total_steps = 1000
   # Epoch-based duration (TimeSformer's 15 epochs): when > 0 it replaces total_steps, counted in
@@ -57,7 +128,8 @@ def base() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, warmup_steps=100, schedule='cosine',
       end_learning_rate_factor=0.0, b1=0.9, b2=0.999, momentum=0.9, weight_decay=0.0,
-      grad_clip_norm=1.0))
+      grad_clip_norm=1.0,
+      step_boundaries=(0.73, 0.93)))  # schedule='step': lr x0.1 at these fractions of the steps
 
   # Mesh axes and the rules that map logical axis names onto them (MaxText's discipline).
   # -1 takes the devices that are left.

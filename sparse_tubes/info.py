@@ -109,21 +109,9 @@ def param_counts(abstract_state) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Tokens
 
-_NAME_DEFAULTS = {  # video_vit.NAME_DEFAULTS, for configs that leave these keys out
-    'tubevit': dict(posemb='sincos3d', head='map', attention='joint'),
-    'vivit': dict(posemb='learned', head='token', attention='joint'),
-    'timesformer': dict(posemb='learned_space_time', head='token', attention='divided'),
-}
-
-
 def model_option(model_cfg, key: str):
-  """config.model[key], or the default the model's name implies (video_vit.NAME_DEFAULTS)."""
-  try:
-    from sparse_tubes.models.video_vit import NAME_DEFAULTS
-  except ImportError:  # an older model module without per-name defaults
-    NAME_DEFAULTS = _NAME_DEFAULTS
-  defaults_ = NAME_DEFAULTS.get(model_cfg.get('name', 'tubevit'), _NAME_DEFAULTS['tubevit'])
-  return model_cfg.get(key, defaults_.get(key))
+  """config.model[key], completed with defaults.model() and the name's defaults."""
+  return config_lib.model_config(model_cfg)[key]
 
 
 def class_tokens(model_cfg, shape) -> int:
@@ -132,8 +120,8 @@ def class_tokens(model_cfg, shape) -> int:
   frame in its spatial encoder (spatial_pool='token') plus one in its temporal encoder."""
   head = model_option(model_cfg, 'head')
   nt = _grid(model_cfg, shape)[0] if len(shape) == 4 else 1
-  if model_cfg.get('encoder', 'single') == 'factorised':
-    spatial = nt if model_cfg.get('spatial_pool', 'token') == 'token' else 0
+  if model_option(model_cfg, 'encoder') == 'factorised':
+    spatial = nt if model_option(model_cfg, 'spatial_pool') == 'token' else 0
     return spatial + (1 if head == 'token' else 0)
   if head != 'token':
     return 0
@@ -201,7 +189,7 @@ def activation_bytes(graphdef, state, shape, dataset: str) -> int:
 def _grid(model_cfg, shape):
   """(n_t, n_h, n_w) of the first tube: the (time, space) token grid factorised patterns use."""
   from sparse_tubes.models import tokenizers
-  _, thw = tokenizers.clip_shape(shape, int(model_cfg.get('in_channels', 3)))
+  _, thw = tokenizers.clip_shape(shape, model_option(model_cfg, 'in_channels'))
   tube = tokenizers.parse_tubes(model_cfg.tubes)[0]
   return tokenizers.tube_grid(*tube, thw)
 
@@ -223,7 +211,7 @@ def analytic_macs(model_cfg, shape, classes: int) -> dict:
   """
   from sparse_tubes.models import tokenizers
   d, m, layers = int(model_cfg.hidden_size), int(model_cfg.mlp_dim), int(model_cfg.num_layers)
-  cin = int(model_cfg.get('in_channels', 3))
+  cin = model_option(model_cfg, 'in_channels')
   is_image, _ = tokenizers.clip_shape(shape, cin)
   tubes = tokenizers.parse_tubes(model_cfg.tubes)
   counts = tokenizers.count_tokens(model_cfg, shape)['per_tube']
@@ -239,13 +227,13 @@ def analytic_macs(model_cfg, shape, classes: int) -> dict:
   def layer(tokens, groups, length, mlp_tokens):  # one joint-style block
     return 4 * d * d * tokens + attn(groups, length) + 2 * d * m * mlp_tokens
 
-  if model_cfg.get('encoder', 'single') == 'factorised':  # ViViT Model 2
+  if model_option(model_cfg, 'encoder') == 'factorised':  # ViViT Model 2
     nt, nh, nw = _grid(model_cfg, shape)
     ns = nh * nw
-    cs = 1 if model_cfg.get('spatial_pool', 'token') == 'token' else 0
+    cs = 1 if model_option(model_cfg, 'spatial_pool') == 'token' else 0
     ct = 1 if head == 'token' else 0
     spatial = layers * nt * layer(ns + cs, 1, ns + cs, ns + cs)
-    lt = int(model_cfg.get('temporal_layers', 4))
+    lt = model_option(model_cfg, 'temporal_layers')
     encoder = spatial + lt * layer(nt + ct, 1, nt + ct, nt + ct)
     pooled = nt
   elif attention == 'joint':
@@ -283,7 +271,7 @@ def analytic_macs(model_cfg, shape, classes: int) -> dict:
     encoder = layers * per_layer
     pooled = n
   if head == 'map':
-    hm = int(model_cfg.get('head_mlp_dim', m))
+    hm = model_option(model_cfg, 'head_mlp_dim')  # 0: TubeViT's pooling, no MLP
     pool = 2 * d * d + 2 * pooled * d * d + 2 * pooled * d + 2 * d * hm
   else:
     pool = 0
@@ -304,15 +292,15 @@ def summarize(config, *, activations: bool = True) -> dict:
   # (its cost analysis counts a while-loop body once).
   graphdef, state = abstract_model(config.model, classes)
   flops_graphdef, flops_state = graphdef, state
-  if config.model.get('scan_layers', False):
+  if config.model.scan_layers:
     flops_graphdef, flops_state = abstract_model(
         _flat_model_cfg(config.model, scan_layers=False), classes)
   params = param_counts(state)
 
   out = dict(
-      config=dict(model=config.model.get('name'), dtype=config.model.get('dtype', 'float32'),
+      config=dict(model=config.model.name, dtype=config.model.dtype,
                   attention=model_option(config.model, 'attention'),
-                  encoder=config.model.get('encoder', 'single'),
+                  encoder=config.model.encoder,
                   hidden_size=int(config.model.hidden_size),
                   num_layers=int(config.model.num_layers)),
       params=params['total'], params_by_module=params['by_module'], params_heads=params['heads'],

@@ -13,7 +13,7 @@ from sparse_tubes import config as config_lib  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 from tests.test_main import cli  # noqa: E402
 
-VIVIT_TINY = 'configs/synthetic/vivit_m1_tiny.py'
+VIVIT_TINY = 'configs/synthetic/vivit_tiny.py:model=m1'
 
 
 @pytest.fixture(scope='module')

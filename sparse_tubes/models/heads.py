@@ -18,8 +18,12 @@ def gap(x: jax.Array) -> jax.Array:
 
 
 class MAPHead(nnx.Module):
-  """Multihead attention pooling (big_vision's MAPHead): a learned probe query attends over all
-  tokens, then x = x + MLP(LN(x)). Probe and attention kernels xavier-uniform."""
+  """Multihead attention pooling: a learned probe query attends over all tokens.
+
+  mlp_dim = 0 is TubeViT's pooling (paper §3.1, Fig. 2: attention pooling of all tokens into one
+  vector, then the FC layer): LN(attention(probe, tokens)). mlp_dim > 0 is big_vision's MAPHead,
+  x = attention(probe, tokens); x + MLP(LN(x)), whose MLP adds 2 * hidden * mlp_dim parameters
+  (5M for TubeViT-B). Probe and attention kernels xavier-uniform."""
 
   def __init__(self, hidden_size: int, num_heads: int, mlp_dim: int, *,
                attention_impl: str = 'auto', dtype=jnp.float32, rngs: nnx.Rngs):
@@ -28,12 +32,12 @@ class MAPHead(nnx.Module):
     self.attention = MultiHeadAttention(hidden_size, num_heads, attention_impl=attention_impl,
                                         dtype=dtype, rngs=rngs)
     self.norm = layer_norm(hidden_size, dtype, rngs)
-    self.mlp = MlpBlock(hidden_size, mlp_dim, dtype=dtype, rngs=rngs)
+    self.mlp = MlpBlock(hidden_size, mlp_dim, dtype=dtype, rngs=rngs) if mlp_dim else nnx.data(None)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     probe = jnp.broadcast_to(self.probe[...].astype(x.dtype), (x.shape[0], 1, x.shape[-1]))
     x = self.attention(probe, x)
-    x = x + self.mlp(self.norm(x))
+    x = self.norm(x) if self.mlp is None else x + self.mlp(self.norm(x))
     return x[:, 0]
 
 

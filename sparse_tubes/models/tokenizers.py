@@ -4,7 +4,7 @@ TubeViT's sparse tubes are all the same thing here: a list of tubes, each a 3D c
 
   patches  (TimeSformer): [((1,16,16), (1,16,16), (0,0,0))]
   tubelets (ViViT):       [((2,16,16), (2,16,16), (0,0,0))]
-  sparse tubes (TubeViT): the four tubes of Table 12 (DESIGN §2).
+  sparse tubes (TubeViT): the four tubes of Table 12.
 
 `config.model.image_tube` is the index of the 2D-patch tube images go through, or None for a model
 without an image path (images are then rejected with a clear error).
@@ -27,7 +27,7 @@ Tube variants (`config.model.tube_variant`, TubeViT §3.4 / Table 12):
 Token count of a tube along one axis of length L (VALID convolution from offset o):
     n = floor((L - o - k) / s) + 1      (0 when L - o < k)
 
-Paper table (DESIGN §2) on 32x224x224 gives 98 + 147 + 98 + 196 = 539 tokens; the paper quotes 559.
+Paper table on 32x224x224 gives 98 + 147 + 98 + 196 = 539 tokens; the paper quotes 559.
 We reproduce 539. Neither VALID nor SAME padding (counted from 0 or from the offset) reaches 559:
 the spatial strides (32, 16) divide 224, so under all four each tube's spatial grid is 7x7 (14x14
 for the 2D patch) and only temporal counts change; the total is then 49*n + 196*m, and
@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import defaults
 from sparse_tubes.models import partitioning
 
 Triple = tuple[int, int, int]
@@ -130,16 +131,22 @@ def _check(tubes: Sequence[Tube], image_tube: int | None, input_shape: Sequence[
             f'Make the kernel or offset smaller along {axis}, or feed a larger input.')
 
 
+def _complete(model_cfg):
+  """config.model with defaults.model() filling in what a partial dict (tests, tools) leaves out."""
+  return defaults.model(**(model_cfg.to_dict() if hasattr(model_cfg, 'to_dict') else model_cfg))
+
+
 def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
   """Raise ValueError naming `config.model.tubes[i]` and the fix when the tube set is unusable.
 
   input_shape: one example without batch, (T, H, W, C) for a video or (H, W, C) for an image
   (`sparse_tubes.config.input_shape`); None for the structural checks only.
   """
+  model_cfg = _complete(model_cfg)
   tubes = parse_tubes(model_cfg.tubes)
-  _check(tubes, image_tube_index(model_cfg), input_shape, int(model_cfg.get('in_channels', 3)))
-  if model_cfg.get('tube_variant', 'conv') == 'space_to_depth':
-    fold = tuple(model_cfg.get('space_to_depth', (1, 2, 2)))
+  _check(tubes, image_tube_index(model_cfg), input_shape, int(model_cfg.in_channels))
+  if model_cfg.tube_variant == 'space_to_depth':
+    fold = tuple(model_cfg.space_to_depth)
     image_tube = image_tube_index(model_cfg)
     for i, (k, s, _) in enumerate(tubes):
       bad = [a for a, kk, ss, f in zip(_AXES, k, s, fold) if kk % f or ss % f]
@@ -151,7 +158,7 @@ def validate_tubes(model_cfg, input_shape: Sequence[int] | None = None) -> None:
 
 
 def image_tube_index(model_cfg) -> int | None:
-  image_tube = model_cfg.get('image_tube', None)
+  image_tube = _complete(model_cfg).image_tube
   return None if image_tube is None else int(image_tube)
 
 
@@ -161,8 +168,9 @@ def count_tokens(model_cfg, input_shape: Sequence[int]) -> dict:
   Images go through the image tube only; the other tubes count 0 there.
   """
   validate_tubes(model_cfg, input_shape)
+  model_cfg = _complete(model_cfg)
   tubes, image_tube = parse_tubes(model_cfg.tubes), image_tube_index(model_cfg)
-  is_image, thw = clip_shape(input_shape, int(model_cfg.get('in_channels', 3)))
+  is_image, thw = clip_shape(input_shape, int(model_cfg.in_channels))
   per_tube = [0 if is_image and i != image_tube else int(np.prod(tube_grid(*tube, thw)))
               for i, tube in enumerate(tubes)]
   return dict(per_tube=per_tube, total=sum(per_tube))

@@ -1,6 +1,6 @@
 """The model: tokenizer -> (+ position) -> encoder -> pooled representation -> head[dataset].
 
-Every paper model is a configuration of this one class (DESIGN §2-4):
+Every paper model is a configuration of this one class:
   TubeViT      sparse tubes, posemb='sincos3d', attention='joint', head='map'
   ViViT M1     one tubelet tube (2,16,16)/(2,16,16), posemb='learned', attention='joint', head='token'
   ViViT M2     the same with encoder='factorised' (spatial encoder per frame, temporal_layers)
@@ -8,9 +8,12 @@ Every paper model is a configuration of this one class (DESIGN §2-4):
   TimeSformer  one 2D-patch tube (1,16,16)/(1,16,16), posemb='learned_space_time', head='token',
                attention in 'space' | 'joint' | 'divided' | 'local_global' | 'axial'
 
-Keys read from `config.model` (required: hidden_size, num_layers, num_heads, mlp_dim, tubes):
+Keys of `config.model`, with their defaults and types in `sparse_tubes.defaults.model()` (checked
+by `sparse_tubes.config.model_config`; required: name, hidden_size, num_layers, num_heads, mlp_dim,
+tubes):
   name              'tubevit' | 'vivit' | 'timesformer'; all build VideoViT. The name only sets
-                    the defaults of posemb, head and attention (NAME_DEFAULTS below).
+                    the defaults of posemb, head and attention (defaults.NAME_DEFAULTS) when they
+                    are left ''.
   hidden_size, num_layers, num_heads, mlp_dim   the ViT encoder (num_layers: the spatial encoder's
                     for encoder='factorised').
   tubes             ((kernel), (stride), (offset)) per tube, each (t, h, w); see tokenizers.py.
@@ -26,7 +29,8 @@ Keys read from `config.model` (required: hidden_size, num_layers, num_heads, mlp
                     learned posembs).
   head              pooling before the per-dataset linear heads: 'token' (class token) | 'gap' |
                     'map'. Default by name: tubevit 'map', vivit 'token', timesformer 'token'.
-  head_mlp_dim=mlp_dim  the MAP head's MLP.
+  head_mlp_dim=0    0: TubeViT's attention pooling (probe, attention, LayerNorm; paper §3.1);
+                    > 0: big_vision's MAPHead, with an MLP block of this width.
   attention         the encoder's space/time pattern (attention_patterns.py): 'joint' | 'space' |
                     'divided' | 'local_global' | 'axial' | 'factorised_self_attention' (ViViT M3) |
                     'factorised_dot_product' (ViViT M4). Default 'joint' (timesformer: 'divided').
@@ -65,6 +69,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sparse_tubes import config as config_lib
 from sparse_tubes.models import attention_patterns as patterns
 from sparse_tubes.models import partitioning, position, tokenizers
 from sparse_tubes.models.encoder import Encoder, apply_dropout
@@ -74,18 +79,6 @@ DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 POSEMBS = ('sincos3d', 'learned', 'learned_space_time')
 POOLS = ('map', 'gap', 'token')
 ENCODERS = ('single', 'factorised')
-NAME_DEFAULTS = {
-    'tubevit': dict(posemb='sincos3d', head='map', attention='joint'),
-    'vivit': dict(posemb='learned', head='token', attention='joint'),
-    'timesformer': dict(posemb='learned_space_time', head='token', attention='divided'),
-}
-
-
-def _choice(cfg, key, default, allowed):
-  value = cfg.get(key, default)
-  if value not in allowed:
-    raise ValueError(f'config.model.{key} = {value!r}: use one of {tuple(allowed)}.')
-  return value
 
 
 def _cls_param(d, rngs):
@@ -96,40 +89,28 @@ def _cls_param(d, rngs):
 class VideoViT(nnx.Module):
 
   def __init__(self, model_cfg, num_classes: Mapping[str, int], *, rngs: nnx.Rngs):
-    cfg = model_cfg
-    name = cfg.get('name', 'tubevit')
-    if name not in NAME_DEFAULTS:
-      raise ValueError(f'config.model.name = {name!r}: known models are {sorted(NAME_DEFAULTS)}.')
-    dflt = NAME_DEFAULTS[name]
-    self.dtype = DTYPES[_choice(cfg, 'dtype', 'float32', DTYPES)]
-    self.posemb_kind = _choice(cfg, 'posemb', dflt['posemb'], POSEMBS)
-    self.pool_kind = _choice(cfg, 'head', dflt['head'], POOLS)
-    self.attention = cfg.get('attention', dflt['attention'])
-    self.encoder_kind = _choice(cfg, 'encoder', 'single', ENCODERS)
-    self.spatial_pool = _choice(cfg, 'spatial_pool', 'token', ('token', 'gap'))
-    self.posemb_tau = float(cfg.get('posemb_tau', 10000.0))
-    patterns.steps(self.attention, cfg.get('factorised_order', 'space_time'))  # checks both keys
-    attention_impl = cfg.get('attention_impl', 'auto')
-    d = int(cfg.hidden_size)
+    cfg = config_lib.model_config(model_cfg)  # defaults filled in, checked, names resolved
+    self.dtype = DTYPES[cfg.dtype]
+    self.posemb_kind = cfg.posemb
+    self.pool_kind = cfg.head
+    self.attention = cfg.attention
+    self.encoder_kind = cfg.encoder
+    self.spatial_pool = cfg.spatial_pool
+    self.posemb_tau = float(cfg.posemb_tau)
+    d = cfg.hidden_size
 
     tokenizers.validate_tubes(cfg)
     self.tokenizer = tokenizers.SparseTubes(
-        cfg.tubes, d, image_tube=tokenizers.image_tube_index(cfg),
-        in_channels=int(cfg.get('in_channels', 3)), variant=cfg.get('tube_variant', 'conv'),
-        fold=cfg.get('space_to_depth', (1, 2, 2)),
-        interpolated_kernel=cfg.get('interpolated_kernel', (8, 8, 8)), dtype=self.dtype, rngs=rngs)
-    self._check_combinations(len(self.tokenizer.tubes))
+        cfg.tubes, d, image_tube=tokenizers.image_tube_index(cfg), in_channels=cfg.in_channels,
+        variant=cfg.tube_variant, fold=cfg.space_to_depth,
+        interpolated_kernel=cfg.interpolated_kernel, dtype=self.dtype, rngs=rngs)
     use_cls = self.pool_kind == 'token'
     factorised = self.encoder_kind == 'factorised'
 
     self.posemb = nnx.data(None)  # a module slot, filled for the learned embeddings
     if self.posemb_kind != 'sincos3d':
-      input_shape = cfg.get('input_shape', None)
-      if input_shape is None:
-        raise ValueError(f"config.model.posemb = '{self.posemb_kind}' needs "
-                         'config.model.input_shape = (T, H, W, C), the clip shape that sizes the '
-                         'learned tables.')
-      tokenizers.validate_tubes(cfg, tuple(input_shape))
+      input_shape = tuple(cfg.input_shape)
+      tokenizers.validate_tubes(cfg, input_shape)
       _, thw = tokenizers.clip_shape(input_shape, self.tokenizer.in_channels)
       grids = [tokenizers.tube_grid(*tube, thw) for tube in self.tokenizer.tubes]
       if self.posemb_kind == 'learned':
@@ -143,54 +124,29 @@ class VideoViT(nnx.Module):
     self.cls_token = _cls_param(d, rngs) if use_cls else nnx.data(None)
     self.spatial_cls_token = nnx.data(None)
     # Dropout on the embedded tokens, as big_vision's ViT.
-    self.dropout = nnx.Dropout(float(cfg.get('dropout', 0.0)))
+    self.dropout = nnx.Dropout(float(cfg.dropout))
     enc_kw = dict(
-        dropout=float(cfg.get('dropout', 0.0)),
-        stochastic_depth=float(cfg.get('stochastic_depth', 0.0)), attention_impl=attention_impl,
-        remat=cfg.get('remat', False), scan=bool(cfg.get('scan_layers', False)),
-        layer_norm_eps=float(cfg.get('layer_norm_eps', 1e-6)),
-        gelu_approximate=bool(cfg.get('gelu_approximate', False)), dtype=self.dtype, rngs=rngs)
-    heads_mlp = (d, int(cfg.num_heads), int(cfg.mlp_dim))
+        dropout=float(cfg.dropout), stochastic_depth=float(cfg.stochastic_depth),
+        attention_impl=cfg.attention_impl, remat=cfg.remat, scan=cfg.scan_layers,
+        layer_norm_eps=float(cfg.layer_norm_eps), gelu_approximate=cfg.gelu_approximate,
+        dtype=self.dtype, rngs=rngs)
+    heads_mlp = (d, cfg.num_heads, cfg.mlp_dim)
     if factorised:
       if self.spatial_pool == 'token':
         self.spatial_cls_token = _cls_param(d, rngs)
-      self.spatial_encoder = Encoder(int(cfg.num_layers), *heads_mlp, **enc_kw)
-      self.temporal_encoder = Encoder(int(cfg.get('temporal_layers', 4)), *heads_mlp, **enc_kw)
+      self.spatial_encoder = Encoder(cfg.num_layers, *heads_mlp, **enc_kw)
+      self.temporal_encoder = Encoder(cfg.temporal_layers, *heads_mlp, **enc_kw)
     else:
       self.encoder = Encoder(
-          int(cfg.num_layers), *heads_mlp, attention=self.attention,
-          space_cls_average=cfg.get('space_cls_average', 'before_norm'),
-          factorised_order=cfg.get('factorised_order', 'space_time'),
-          temporal_zero_init=bool(cfg.get('temporal_zero_init', True)),
-          local_window=cfg.get('local_window', None),
-          global_stride=tuple(cfg.get('global_stride', (2, 2, 2))),
-          gate_layers=cfg.get('scaling_gate_layers', ()), **enc_kw)
+          cfg.num_layers, *heads_mlp, attention=self.attention,
+          space_cls_average=cfg.space_cls_average, factorised_order=cfg.factorised_order,
+          temporal_zero_init=cfg.temporal_zero_init, local_window=cfg.local_window,
+          global_stride=tuple(cfg.global_stride), gate_layers=cfg.scaling_gate_layers, **enc_kw)
     self.pool = nnx.data(None)  # a module slot, filled for head='map'
     if self.pool_kind == 'map':
-      self.pool = MAPHead(d, int(cfg.num_heads), int(cfg.get('head_mlp_dim', cfg.mlp_dim)),
-                          attention_impl=attention_impl, dtype=self.dtype, rngs=rngs)
+      self.pool = MAPHead(d, cfg.num_heads, cfg.head_mlp_dim, attention_impl=cfg.attention_impl,
+                          dtype=self.dtype, rngs=rngs)
     self.heads = dataset_heads(d, num_classes, rngs=rngs)
-
-  def _check_combinations(self, num_tubes: int):
-    grid_needed = [k for k, bad in (
-        (f"config.model.attention = '{self.attention}'", self.attention != 'joint'),
-        ("config.model.posemb = 'learned_space_time'", self.posemb_kind == 'learned_space_time'),
-        ("config.model.encoder = 'factorised'", self.encoder_kind == 'factorised')) if bad]
-    if grid_needed and num_tubes != 1:
-      raise ValueError(
-          f'{grid_needed[0]} needs the tokens on one (time, height, width) grid, i.e. a single '
-          f'dense tube, but config.model.tubes has {num_tubes}: use one tube (2D patches '
-          "(1,16,16) or tubelets (2,16,16), stride = kernel), or config.model.attention = 'joint' "
-          "(TubeViT's sparse tubes).")
-    if self.pool_kind == 'token' and self.attention in patterns.NO_CLASS_TOKEN:
-      raise ValueError(
-          f"config.model.attention = '{self.attention}' (ViViT M3/M4) has no class token (ViViT "
-          "§3.3): set config.model.head = 'gap' or 'map'.")
-    if self.encoder_kind == 'factorised' and self.attention != 'joint':
-      raise ValueError(
-          "config.model.encoder = 'factorised' (ViViT M2) attends jointly inside each encoder "
-          f"(spatial per frame, then temporal): set config.model.attention = 'joint', not "
-          f"'{self.attention}'.")
 
   def _embed(self, x):
     """Tokens + position, (B, N, D), and the single tube's grid (None for sparse tube sets)."""
@@ -265,11 +221,7 @@ class VideoViT(nnx.Module):
     return self.heads[dataset](h.astype(jnp.float32))
 
 
-MODELS = {name: VideoViT for name in NAME_DEFAULTS}
-
-
 def build_model(model_cfg, num_classes: Mapping[str, int], *, rngs: nnx.Rngs) -> nnx.Module:
-  name = model_cfg.get('name', None)
-  if name not in MODELS:
-    raise ValueError(f'config.model.name = {name!r}: known models are {sorted(MODELS)}.')
-  return MODELS[name](model_cfg, num_classes, rngs=rngs)
+  """Every name of defaults.NAME_DEFAULTS is a VideoViT; `model_cfg` may be partial (a dict of
+  the keys that differ from defaults.model())."""
+  return VideoViT(model_cfg, num_classes, rngs=rngs)

@@ -44,6 +44,8 @@ import re
 
 import numpy as np
 
+from sparse_tubes import config as config_lib
+
 MODEL_TYPES = ('timesformer', 'vivit')
 TIMESFORMER_ATTENTION = {'divided_space_time': 'divided', 'joint_space_time': 'joint',
                          'space_only': 'space'}
@@ -183,22 +185,22 @@ def model_config(hf: dict) -> dict:
 
 def hf_config(model: dict, *, num_labels: int, id2label: dict | None = None) -> dict:
   """The HF config.json of our config.model (TimeSformer / ViViT Model 1 only)."""
-  m = model
-  name = m.get('name')
+  m = config_lib.model_config(model)  # defaults filled in, name defaults resolved
+  name = m.name
   (k, s, o), = m['tubes'] if len(m['tubes']) == 1 else (None,)
   t, h, w, c = m['input_shape']
-  act = 'gelu_fast' if m.get('gelu_approximate', False) else 'gelu'
+  act = 'gelu_fast' if m.gelu_approximate else 'gelu'
   common = dict(hidden_size=int(m['hidden_size']), num_hidden_layers=int(m['num_layers']),
                 num_attention_heads=int(m['num_heads']), intermediate_size=int(m['mlp_dim']),
                 num_channels=int(c), num_frames=int(t), hidden_act=act,
-                layer_norm_eps=float(m.get('layer_norm_eps', 1e-6)), qkv_bias=True,
+                layer_norm_eps=float(m.layer_norm_eps), qkv_bias=True,
                 hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   if tuple(k) != tuple(s) or any(o):
     raise ValueError(f'config.model.tubes = {m["tubes"]}: the HF layout needs one tube with stride '
                      '= kernel and no offset.')
-  if m.get('head', 'token') != 'token':
+  if m.head != 'token':
     raise ValueError("HF TimeSformer/ViViT classify the class token: config.model.head must be "
-                     f"'token', not {m.get('head')!r}.")
+                     f"'token', not {m.head!r}.")
   labels = {str(i): (id2label or {}).get(i, f'LABEL_{i}') for i in range(num_labels)}
   common.update(id2label=labels, label2id={v: int(i) for i, v in labels.items()})
   if name == 'timesformer':
@@ -206,15 +208,14 @@ def hf_config(model: dict, *, num_labels: int, id2label: dict | None = None) -> 
       raise ValueError('HF TimeSformer needs square 2D patches (1, p, p) and square frames; got '
                        f'kernel {tuple(k)} on {h}x{w}.')
     inv = {v: k for k, v in TIMESFORMER_ATTENTION.items()}
-    attention = m.get('attention', 'divided')
-    if attention not in inv or m.get('posemb', 'learned_space_time') != 'learned_space_time':
+    attention = m.attention
+    if attention not in inv or m.posemb != 'learned_space_time':
       raise ValueError(f"config.model.attention = {attention!r}: HF TimeSformer has "
                        f"{tuple(inv)} with posemb='learned_space_time'.")
     return dict(model_type='timesformer', architectures=['TimesformerForVideoClassification'],
                 image_size=int(h), patch_size=int(k[1]), attention_type=inv[attention], **common)
   if name == 'vivit':
-    if (m.get('attention', 'joint') != 'joint' or m.get('encoder', 'single') != 'single'
-        or m.get('posemb', 'learned') != 'learned'):
+    if m.attention != 'joint' or m.encoder != 'single' or m.posemb != 'learned':
       raise ValueError('HF ViViT is Model 1 only: attention joint, a single encoder, posemb '
                        "'learned'.")
     if h != w:

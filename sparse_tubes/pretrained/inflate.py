@@ -34,7 +34,7 @@ import numpy as np
 
 from sparse_tubes.models import attention_patterns as patterns
 from sparse_tubes.models import tokenizers
-from sparse_tubes.models.video_vit import NAME_DEFAULTS
+from sparse_tubes import config as config_lib
 from sparse_tubes.pretrained.vit import CheckpointMismatch, ImageViT
 
 TUBE_INITS = ('central_frame', 'average')
@@ -184,12 +184,9 @@ def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, li
     new[key] = value.astype(flat[key].dtype)
     loaded.add(key)
 
-  cfg = model_cfg
-  name = cfg.get('name', 'tubevit')
-  dflt = NAME_DEFAULTS.get(name, NAME_DEFAULTS['tubevit'])
-  posemb_kind = cfg.get('posemb', dflt['posemb'])
-  attention = cfg.get('attention', dflt['attention'])
-  factorised = cfg.get('encoder', 'single') == 'factorised'
+  cfg = config_lib.model_config(model_cfg)
+  name, posemb_kind, attention = cfg.name, cfg.posemb, cfg.attention
+  factorised = cfg.encoder == 'factorised'
   d, num_heads = int(cfg.hidden_size), int(cfg.num_heads)
   tube_init = _opt(opts, 'tube_init', 'central_frame')
   kernel_resize = _opt(opts, 'kernel_resize', 'pi')
@@ -215,17 +212,17 @@ def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, li
 
   # Tokenizer.
   tubes = tokenizers.parse_tubes(cfg.tubes)
-  variant = cfg.get('tube_variant', 'conv')
-  c_in = int(cfg.get('in_channels', 3))
+  variant = cfg.tube_variant
+  c_in = cfg.in_channels
   if p['patch/kernel'].shape[2] != c_in:
     shapes.append(('patch/kernel channels', p['patch/kernel'].shape, ('ph', 'pw', c_in, d)))
   if variant == 'interpolated':
-    bt, bh, bw = (int(k) for k in cfg.get('interpolated_kernel', (8, 8, 8)))
+    bt, bh, bw = (int(k) for k in cfg.interpolated_kernel)
     put('tokenizer/kernel', inflate_time(resize_kernel(p['patch/kernel'], (bh, bw), kernel_resize),
                                          bt, tube_init))
     put('tokenizer/bias', p['patch/bias'])
   else:
-    fold = tuple(cfg.get('space_to_depth', (1, 2, 2))) if variant == 'space_to_depth' else None
+    fold = tuple(cfg.space_to_depth) if variant == 'space_to_depth' else None
     for i, (k, _, _) in enumerate(tubes):
       w = inflate_time(resize_kernel(p['patch/kernel'], k[1:], kernel_resize), k[0], tube_init)
       put(f'tokenizer/convs/{i}/kernel', fold_kernel(w, fold) if fold else w)
@@ -266,7 +263,7 @@ def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, li
 
   # Encoder.
   enc = 'spatial_encoder' if factorised else 'encoder'
-  steps = patterns.steps(attention, cfg.get('factorised_order', 'space_time'))
+  steps = patterns.steps(attention, cfg.factorised_order)
   if temporal_init == 'auto':
     temporal_init = 'zero' if attention == 'factorised_self_attention' else 'copy'
   scan = f'{enc}/blocks/norm1/scale' in flat
@@ -320,7 +317,7 @@ def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, li
       put(f'pool/attention/{k}', v)
     for k in ('scale', 'bias'):
       put(f'pool/norm/{k}', p[f'pool/norm/{k}'])
-    for fc in ('fc1', 'fc2'):
+    for fc in ('fc1', 'fc2') if 'pool/mlp/fc1/kernel' in flat else ():  # config.model.head_mlp_dim
       for k in ('kernel', 'bias'):
         put(f'pool/mlp/{fc}/{k}', p[f'pool/mlp/{fc}/{k}'])
   heads = sorted({k.split('/')[1] for k in flat if k.startswith('heads/')})

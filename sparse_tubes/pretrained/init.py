@@ -25,6 +25,7 @@ import jax
 import numpy as np
 import ml_collections
 
+from sparse_tubes import config as config_lib
 from sparse_tubes.pretrained import inflate as inflate_lib
 from sparse_tubes.pretrained import vit as vit_lib
 
@@ -134,7 +135,7 @@ def take_tubes(src: dict, params: dict, model_cfg, *, kind: str = 'orthogonal', 
   """TubeViT §3.6: the video tubes of a small TubeViT into the (large) target's tokenizer; the
   target's image tube is left alone. Hidden sizes may differ (projection())."""
   s, t = inflate_lib.flatten(src), inflate_lib.flatten(params)
-  image_tube = model_cfg.get('image_tube', None)
+  image_tube = config_lib.model_config(model_cfg).image_tube
   new, report = dict(t), []
   i = 0
   while f'tokenizer/convs/{i}/kernel' in t:

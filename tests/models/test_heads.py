@@ -1,3 +1,4 @@
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -27,3 +28,19 @@ def test_dataset_heads_zero_init_and_unknown_name():
   assert not np.any(hs['video'].kernel[...]) and not np.any(hs['video'].bias[...])
   with pytest.raises(ValueError, match=r"'kinetics'.*\['image', 'video'\]"):
     heads.check_dataset(hs, 'kinetics')
+
+
+def test_tubevit_pooling_has_no_mlp_and_ends_in_layer_norm():
+  """mlp_dim=0 is TubeViT's pooling: LN(attention(probe, tokens)); mlp_dim > 0 adds big_vision's
+  MLP block (2 * D * mlp_dim + mlp_dim + D parameters) on the residual path."""
+  x = np.random.RandomState(1).standard_normal((2, 5, 16)).astype(np.float32)
+  paper = heads.MAPHead(16, 2, 0, rngs=nnx.Rngs(0))
+  mlp = heads.MAPHead(16, 2, 32, rngs=nnx.Rngs(0))
+  count = lambda m: sum(v.size for v in jax.tree.leaves(nnx.state(m, nnx.Param)))  # noqa: E731
+  assert paper.mlp is None
+  assert count(mlp) - count(paper) == 2 * 16 * 32 + 32 + 16
+  pooled = paper.attention(jnp.broadcast_to(paper.probe[...], (2, 1, 16)), x)
+  np.testing.assert_allclose(paper(x), paper.norm(pooled)[:, 0], atol=1e-6)
+  y = np.asarray(paper(x))  # LayerNorm output: zero mean, unit variance per example (scale 1)
+  np.testing.assert_allclose(y.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(y.std(-1), 1, atol=1e-3)

@@ -211,9 +211,13 @@ def test_config_errors_name_the_keys():
 
 
 def test_zoo_config_files_validate_and_build():
-  files = sorted(glob.glob(os.path.join(CONFIGS, '*_tiny.py')))
-  assert len(files) >= 10
-  for f in files:
+  specs = ['tubevit_tiny.py', 'timesformer_tiny.py'] + [
+      f'timesformer_tiny.py:attention={a}' for a in ('joint', 'space', 'local_global', 'axial')] + [
+      f'vivit_tiny.py:model={m}' for m in ('m1', 'm2', 'm3', 'm4')]
+  assert sorted(glob.glob(os.path.join(CONFIGS, '*_tiny.py'))) == sorted(
+      os.path.join(CONFIGS, f) for f in ('tubevit_tiny.py', 'timesformer_tiny.py', 'vivit_tiny.py'))
+  for spec in specs:
+    f = os.path.join(CONFIGS, spec)
     c = config_lib.load(f)
     config_lib.validate(c, num_devices=1, process_count=1)
     model = nnx.eval_shape(lambda: build_model(c.model, {'shapes_video': 8, 'shapes_image': 3},

@@ -19,34 +19,34 @@ CHANCE = 1 / 8
 STEPS = int(os.environ.get('ZOO_STEPS', 300))
 
 TUBELETS = (((2, 8, 8), (2, 8, 8), (0, 0, 0)),)   # ViViT tubelets: a 4x4x4 grid, 64 tokens
-# name -> (config file, overrides, learns?). Space-only keeps TimeSformer's 2D 8x8 patches (one frame
+# name -> (config file[:arg], overrides, learns?). Space-only keeps TimeSformer's 2D 8x8 patches (one frame
 # per token, an 8x4x4 grid): frames never meet. The temporal patterns run on tubelets, which learn
 # in fewer steps on 2 CPU cores; the pattern, not the tokenizer, is what is compared here.
 ZOO = {
-    'timesformer_space': ('timesformer_space_tiny', {}, False),
-    'vivit_m1_joint': ('vivit_m1_tiny', {}, True),
-    'timesformer_divided': ('timesformer_divided_tiny',
+    'timesformer_space': ('timesformer_tiny.py:attention=space', {}, False),
+    'vivit_m1_joint': ('vivit_tiny.py:model=m1', {}, True),
+    'timesformer_divided': ('timesformer_tiny.py:attention=divided',
                             dict(model__tubes=TUBELETS, model__image_tube=None), True),
     # M2 pools each frame by GAP here: with the (zero-initialised) spatial class token it needs more
     # than 300 steps (0.21 top-1 at 300 steps with L_t = 2, 0.43 with L_t = 1; GAP: 0.87).
-    'vivit_m2_gap': ('vivit_m2_tiny', dict(model__spatial_pool='gap'), True),
-    'vivit_m3': ('vivit_m3_tiny', {}, True),
-    'vivit_m4': ('vivit_m4_tiny', {}, True),
-    'timesformer_local_global': ('timesformer_local_global_tiny',
+    'vivit_m2_gap': ('vivit_tiny.py:model=m2', dict(model__spatial_pool='gap'), True),
+    'vivit_m3': ('vivit_tiny.py:model=m3', {}, True),
+    'vivit_m4': ('vivit_tiny.py:model=m4', {}, True),
+    'timesformer_local_global': ('timesformer_tiny.py:attention=local_global',
                                  dict(model__tubes=TUBELETS, model__image_tube=None), True),
 }
 ZOO.update({
     # Axial (T, then W, then H, two zero-initialised fc branches) starts slower: 0.27 top-1 after
     # 300 steps, 0.63 after 800 (54 s), so it gets 800.
-    'timesformer_axial': ('timesformer_axial_tiny',
+    'timesformer_axial': ('timesformer_tiny.py:attention=axial',
                           dict(model__tubes=TUBELETS, model__image_tube=None, total_steps=800),
                           True),
 })
 ZOO.update({
     # M2 as in the paper, each frame summarised by its class token: 0.21 after 300 steps, 0.70
     # after 800 (44 s).
-    'vivit_m2_token': ('vivit_m2_tiny', dict(total_steps=800), True),
-    'tubevit': ('tubevit_tiny', {}, True),
+    'vivit_m2_token': ('vivit_tiny.py:model=m2', dict(total_steps=800), True),
+    'tubevit': ('tubevit_tiny.py', {}, True),
 })
 
 
@@ -58,8 +58,8 @@ def video_data_dir(tmp_path_factory):
   return data_dir
 
 
-def zoo_config(stem, data_dir, **overrides):
-  c = config_lib.load(os.path.join(CONFIGS, f'{stem}.py'))
+def zoo_config(spec, data_dir, **overrides):
+  c = config_lib.load(os.path.join(CONFIGS, spec))
   with c.unlocked():
     if 'shapes_image' in c.datasets:   # the motion task only
       del c.datasets['shapes_image']
