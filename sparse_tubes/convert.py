@@ -165,9 +165,7 @@ def export_hf(config, workdir: str, output: str, *, dataset: str | None = None,
   divided/joint/space-only, ViViT Model 1)."""
   restored = run.restore_params(config, workdir, step)
   params, num_classes, step = restored.params, restored.num_classes, restored.step
-  dataset = dataset or run.default_head(config, num_classes)
-  if dataset not in num_classes:
-    raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes)}.')
+  dataset = run.choose_head(config, num_classes, dataset)
   flat = {k: np.asarray(v) for k, v in weights.flatten(jax.device_get(params)).items()}
   if config.model.get('scan_layers', False):
     flat = weights.unstack_scanned(flat, int(config.model.num_layers))

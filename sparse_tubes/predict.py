@@ -44,9 +44,7 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
   """Logits and top-k classes of `input_path` (.npy clip batch or a video file)."""
   restored = run.restore_params(config, workdir, step)
   params, num_classes, step = restored.params, restored.num_classes, restored.step
-  dataset = dataset or run.default_head(config, num_classes)
-  if dataset not in num_classes:
-    raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes)}.')
+  dataset = run.choose_head(config, num_classes, dataset)
   if input_path.endswith('.npy'):
     x = np.load(input_path).astype(np.float32)
     if x.ndim not in (4, 5):

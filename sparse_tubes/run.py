@@ -327,9 +327,13 @@ def train_target(config, workdir: str):
   return cfg, os.path.join(workdir, 'finetune')
 
 
-def default_head(config, num_classes_: dict[str, int]) -> str:
-  """The head predict and export use without --dataset: the first eval (else any) video dataset
-  that has one, else the first head."""
+def choose_head(config, num_classes_: dict[str, int], dataset: str | None = None) -> str:
+  """The head (dataset) predict and export use: `dataset` (--dataset) if the checkpoint has it,
+  else the first eval (else any) video dataset with a head, else the first head."""
+  if dataset:
+    if dataset not in num_classes_:
+      raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes_)}.')
+    return dataset
   names = list(config.eval_datasets) or sorted(config.datasets)
   video = [n for n in names if n in num_classes_ and config.datasets[n].kind == 'video']
   if video:

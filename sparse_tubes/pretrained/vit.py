@@ -328,6 +328,21 @@ def _finish(vit: ImageViT) -> ImageViT:
 # Our own image model -> canonical -> .npz: to save an image ViT trained here in the layout every
 # tool reads (the scaling experiment does), and for the test fixtures.
 
+def _flat_attention(name: str, v) -> np.ndarray:
+  """Our (D, H, hd) / (H, hd, D) / (H, hd) attention arrays as the canonical (D, D) / (D,); other
+  arrays unchanged."""
+  v = np.asarray(v)
+  if not name.startswith('attention/'):
+    return v
+  if name.endswith(('query', 'key', 'value')):
+    return v.reshape(v.shape[0], -1)
+  if name.endswith('out'):
+    return v.reshape(-1, v.shape[-1])
+  if name.endswith('_bias') and v.ndim == 2:
+    return v.reshape(-1)
+  return v
+
+
 def from_model_params(params: dict, *, image_tube: int = 0) -> ImageViT:
   """Canonical ImageViT from the pure-dict params of one of our image models: a single-stack
   VideoViT with 'learned' position embeddings, joint attention and no scan (an image ViT)."""
@@ -349,27 +364,14 @@ def from_model_params(params: dict, *, image_tube: int = 0) -> ImageViT:
     m = re.fullmatch(r'encoder/blocks/(\d+)/(.*)', k)
     if m:
       name = m.group(2)
-      if name.startswith('attention/'):
-        if name.endswith(('query', 'key', 'value')):
-          num_heads = v.shape[1]
-          v = v.reshape(v.shape[0], -1)
-        elif name.endswith('out'):
-          v = v.reshape(-1, v.shape[-1])
-        elif name.endswith('_bias') and v.ndim == 2:
-          v = v.reshape(-1)
-      out[f'blocks/{m.group(1)}/{name}'] = np.asarray(v)
+      if name.startswith('attention/') and name.endswith(('query', 'key', 'value')):
+        num_heads = v.shape[1]
+      out[f'blocks/{m.group(1)}/{name}'] = _flat_attention(name, v)
     elif k.startswith('encoder/norm/'):
       out['norm/' + k.split('/')[-1]] = np.asarray(v)
     elif k.startswith('pool/'):
       name = k[len('pool/'):]
-      if name.startswith('attention/'):
-        if name.endswith(('query', 'key', 'value')):
-          v = v.reshape(v.shape[0], -1)
-        elif name.endswith('out'):
-          v = v.reshape(-1, v.shape[-1])
-        elif name.endswith('_bias') and v.ndim == 2:
-          v = v.reshape(-1)
-      out[k] = np.asarray(v)
+      out[k] = _flat_attention(name, v)
   heads = sorted({k.split('/')[1] for k in flat if k.startswith('heads/')})
   if len(heads) == 1:
     out['head/kernel'] = np.asarray(flat[f'heads/{heads[0]}/kernel'])
