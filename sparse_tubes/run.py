@@ -16,6 +16,7 @@
 
 The commands use this module and none of each other.
 """
+import dataclasses
 import json
 import os
 
@@ -155,9 +156,9 @@ def mesh_and_rules(config) -> tuple[jax.sharding.Mesh, tuple]:
   return sharding.make_mesh(config.mesh), sharding.rules_tuple(config.sharding_rules)
 
 
-def model_spec(config, num_classes_: dict[str, int], mesh, rules) -> state_lib.ModelSpec:
+def model_spec(config, classes: dict[str, int], mesh, rules) -> state_lib.ModelSpec:
   """The model's graphdef, abstract parameters and their shardings; nothing allocated."""
-  return state_lib.model_spec(config.model, num_classes_, mesh, rules)
+  return state_lib.model_spec(config.model, classes, mesh, rules)
 
 
 # ------------------------------------------------------------------------------- checkpoints
@@ -238,16 +239,23 @@ def has_train_state(workdir: str, step: int) -> bool:
   return os.path.exists(os.path.join(checkpoint_dir(workdir), str(step), 'train_state'))
 
 
-class Restored(dict):
-  """What `restore_params` returns; a dict with attribute access."""
-  __getattr__ = dict.__getitem__
+@dataclasses.dataclass(frozen=True)
+class Restored:
+  """A checkpoint's model on the config's mesh (`restore_params`)."""
+  params: dict                      # on spec.param_shardings
+  spec: state_lib.ModelSpec
+  num_classes: dict[str, int]       # the heads restored
+  step: int
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  directory: str                    # WORKDIR/checkpoints
 
 
 def restore_params(config, workdir: str, step: int | None = None,
-                   num_classes_: dict[str, int] | None = None) -> Restored:
-  """The model of the latest (or given) checkpoint of `workdir`, on the config's mesh:
-  Restored(params, spec, num_classes, step, mesh, rules, directory). The heads are the
-  checkpoint's own (its metadata) unless `num_classes_` says which to expect."""
+                   classes: dict[str, int] | None = None) -> Restored:
+  """The model of the latest (or given) checkpoint of `workdir`, on the config's mesh. The heads
+  are the checkpoint's own (its metadata) unless `classes` ({dataset: classes}) says which to
+  expect."""
   ckpt = Checkpointer(workdir, read_only=True)
   try:
     step = ckpt.latest_step() if step is None else step
@@ -255,7 +263,7 @@ def restore_params(config, workdir: str, step: int | None = None,
       raise FileNotFoundError(f'No checkpoint in {ckpt.directory}. Train first: python -m '
                               f'sparse_tubes train --config=... --workdir={workdir} (or convert '
                               'a published checkpoint into it).')
-    classes = num_classes_ if num_classes_ is not None else checkpoint_heads(workdir, step)
+    classes = classes if classes is not None else checkpoint_heads(workdir, step)
     mesh, rules = mesh_and_rules(config)
     spec = model_spec(config, classes, mesh, rules)
     params = ckpt.restore_params(step, state_lib.abstract_params(spec))
@@ -327,18 +335,18 @@ def train_target(config, workdir: str):
   return cfg, os.path.join(workdir, 'finetune')
 
 
-def choose_head(config, num_classes_: dict[str, int], dataset: str | None = None) -> str:
+def choose_head(config, classes: dict[str, int], dataset: str | None = None) -> str:
   """The head (dataset) predict and export use: `dataset` (--dataset) if the checkpoint has it,
   else the first eval (else any) video dataset with a head, else the first head."""
   if dataset:
-    if dataset not in num_classes_:
-      raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes_)}.')
+    if dataset not in classes:
+      raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(classes)}.')
     return dataset
   names = list(config.eval_datasets) or sorted(config.datasets)
-  video = [n for n in names if n in num_classes_ and config.datasets[n].kind == 'video']
+  video = [n for n in names if n in classes and config.datasets[n].kind == 'video']
   if video:
     return video[0]
-  return sorted(num_classes_)[0]
+  return sorted(classes)[0]
 
 
 def class_names(config, workdir: str, dataset: str, n: int) -> list[str]:
