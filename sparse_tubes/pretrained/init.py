@@ -20,8 +20,9 @@
                      rotated into the large model's width) or 'pad' (zero-padded channels).
 """
 import jax
-import numpy as np
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from sparse_tubes import defaults as defaults_lib
 from sparse_tubes import run
@@ -170,7 +171,6 @@ def apply(config, params, shardings) -> tuple[dict, list[str]]:
   if not (config.init_from.get('kind', '') or config.init_from.get('tubes_from', '')):
     return params, []
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     host = multihost_utils.process_allgather(params, tiled=True)
   else:
     host = jax.device_get(params)
