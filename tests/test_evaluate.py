@@ -55,7 +55,6 @@ def test_view_count_follows_config(trained):
 def test_logits_are_averaged_per_video(monkeypatch):
   """Video 0 has views voting 2:1 for class 0, but the mean logit favours class 1; padding views
   (mask False) must be ignored."""
-  import ml_collections
   from sparse_tubes import defaults
   from sparse_tubes.train import sharding
   logits = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0],     # video 0: mean favours class 1
