@@ -14,7 +14,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from sparse_tubes import config as config_lib  # noqa: E402
 from sparse_tubes import evaluate as evaluate_lib  # noqa: E402
-from sparse_tubes.pretrained import init as init_lib, vit  # noqa: E402
+from sparse_tubes import run  # noqa: E402
+from sparse_tubes.pretrained import vit  # noqa: E402
 from sparse_tubes.train import loop  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'synthetic',
@@ -43,7 +44,7 @@ def main(argv=None):
   out = {}
   for stage in ('small', 'image'):
     out[stage] = run(stage, args.root, **kw)
-  params = init_lib.read_checkpoint_params(os.path.join(args.root, 'image'))
+  params = run.read_params(os.path.join(args.root, 'image'))
   vit.save_npz(vit.from_model_params(params), os.path.join(args.root, 'image_vit.npz'))
   for stage in ('scaled', 'baseline'):
     out[stage] = run(stage, args.root, args.steps or None, **kw)

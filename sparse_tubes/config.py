@@ -79,7 +79,7 @@ def model_config(model_cfg) -> ml_collections.ConfigDict:
 def check_model(m) -> None:
   """Values of config.model that no model accepts (before name defaults are applied)."""
   # Imported late: keeps `config` light for the CLI.
-  from sparse_tubes.models import attention, attention_patterns, encoder, tokenizers, video_vit
+  from sparse_tubes.models import attention, attention_patterns, encoder, tokenizers
 
   def choice(key, allowed):
     if m[key] not in allowed:
@@ -112,13 +112,13 @@ def check_model(m) -> None:
   if isinstance(m.scaling_gate_layers, (tuple, list)):
     _int_tuple(m.scaling_gate_layers, None, 'config.model.scaling_gate_layers',
                'layer indices, or an int k (layers k..L-1)')
-  choice('posemb', ('',) + video_vit.POSEMBS)
-  choice('head', ('',) + video_vit.POOLS)
+  choice('posemb', ('',) + defaults.POSEMBS)
+  choice('head', ('',) + defaults.POOLS)
   choice('attention', ('',) + tuple(attention_patterns.PATTERNS))
   choice('attention_impl', attention.IMPLS)
   choice('factorised_order', attention_patterns.ORDERS)
   choice('tube_variant', tokenizers.VARIANTS)
-  choice('encoder', video_vit.ENCODERS)
+  choice('encoder', defaults.ENCODERS)
   choice('spatial_pool', ('token', 'gap'))
   choice('dtype', DTYPES)
   choice('space_cls_average', ('before_norm', 'after_norm'))
@@ -276,75 +276,3 @@ def override(config: ml_collections.ConfigDict, **overrides) -> ml_collections.C
       raise KeyError(str(_unknown(leaf, node.keys(), where)))
     node[leaf] = value
   return config
-
-
-# ------------------------------------------------------------------ configs saved in a workdir
-
-WORKDIR_CONFIG = 'config.json'
-
-
-def _tuples(value):
-  """JSON arrays back to the tuples configs use (tubes, shapes, sharding rules, ranges)."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
-def from_json(text: str) -> ml_collections.ConfigDict:
-  """The ConfigDict of `config.to_json_best_effort()` text: nested dicts become ConfigDicts,
-  arrays tuples, null None (configs here never hold lists)."""
-  import json
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
-
-
-def to_json(config: ml_collections.ConfigDict) -> str:
-  return config.to_json_best_effort(indent=2, sort_keys=True)
-
-
-def has_workdir_config(workdir: str) -> bool:
-  import os
-  return bool(workdir) and os.path.exists(os.path.join(workdir, WORKDIR_CONFIG))
-
-
-def load_workdir(workdir: str, **overrides) -> ml_collections.ConfigDict:
-  """The config that `train` or `convert` wrote into `workdir` (config.json), locked; `overrides`
-  as in `load`."""
-  import os
-  path = os.path.join(workdir, WORKDIR_CONFIG)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: give --config=CONFIG.py, or a workdir written by '
-                            '`train` or `convert`.')
-  with open(path) as f:
-    config = from_json(f.read())
-  config.lock()
-  return override(config, **overrides)
-
-
-SNAPSHOT = '''"""The config of this workdir, as `{command}` wrote it (config.json beside this file).
-
-  python -m sparse_tubes evaluate --config={path} --workdir={workdir} --config.some.field=value
-"""
-import os
-
-from sparse_tubes import config as config_lib
-
-
-def get_config(arg=None):
-  del arg
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config.json')) as f:
-    return config_lib.from_json(f.read())
-'''
-
-
-def save_workdir(config: ml_collections.ConfigDict, workdir: str, *, command: str = 'convert'):
-  """Writes config.json and a config.py that loads it (so --config=WORKDIR/config.py takes
-  --config.field overrides)."""
-  import os
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, WORKDIR_CONFIG), 'w') as f:
-    f.write(to_json(config))
-  py = os.path.join(workdir, 'config.py')
-  with open(py, 'w') as f:
-    f.write(SNAPSHOT.format(command=command, path=py, workdir=workdir))

@@ -91,6 +91,11 @@ def model(**kw) -> ml_collections.ConfigDict:
 
 
 # What posemb, head and attention = '' mean, by model name.
+# Choices of config.model keys that models/video_vit.py implements (checked by config.check_model).
+POSEMBS = ('sincos3d', 'learned', 'learned_space_time')
+POOLS = ('map', 'gap', 'token')
+ENCODERS = ('single', 'factorised')
+
 NAME_DEFAULTS = {
     'tubevit': dict(posemb='sincos3d', head='map', attention='joint'),
     'vivit': dict(posemb='learned', head='token', attention='joint'),

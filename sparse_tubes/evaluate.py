@@ -1,104 +1,29 @@
-"""Multi-view evaluation of a checkpoint: T temporal clips x S spatial crops per video, logits
-averaged per video (ViViT/TubeViT evaluate with 4x3 views, TimeSformer base with 1x3)."""
+"""`python -m sparse_tubes evaluate`: multi-view evaluation of a checkpoint (evaluator.py) on every
+dataset of `config.eval_datasets`; results go to WORKDIR/eval_results.json and TensorBoard."""
 import json
 import os
 
 import jax
-import numpy as np
-from absl import logging
-from flax import nnx
 
 from sparse_tubes import config as config_lib
-from sparse_tubes.data import pipeline
-from sparse_tubes.train import checkpoint, loop, metrics, sharding, state as state_lib, step as step_lib
-
-
-def topk_accuracy(logits: np.ndarray, labels: np.ndarray, k: int) -> float:
-  k = min(k, logits.shape[-1])
-  top = np.argsort(-logits, axis=-1)[:, :k]
-  return float(np.mean(np.any(top == labels[:, None], axis=-1)))
-
-
-def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_videos: int,
-                     name: str = ''):
-  """Runs every view and averages the logits of each video's views."""
-  sums, counts, labels = None, np.zeros(num_videos, np.int64), np.full(num_videos, -1, np.int64)
-  views = 0
-  for batch in pipeline.eval_batches(ds_cfg, data_dir=data_dir, process_index=jax.process_index(),
-                                     process_count=jax.process_count(), name=name):
-    out = jax.device_get(eval_step(params, sharding.global_batch(batch, mesh, rules)))
-    keep = out['mask'].astype(bool)
-    logits, vid = out['logits'][keep], out['video_id'][keep]
-    if sums is None:
-      sums = np.zeros((num_videos, logits.shape[-1]), np.float64)
-    np.add.at(sums, vid, logits)
-    np.add.at(counts, vid, 1)
-    labels[vid] = out['label'][keep]
-    views += int(keep.sum())
-  seen = counts > 0
-  if not seen.any():
-    raise RuntimeError(f'No eval views were produced for {ds_cfg.tfds_name}:{ds_cfg.eval_split}.')
-  mean = sums[seen] / counts[seen, None]
-  return {'top1': topk_accuracy(mean, labels[seen], 1), 'top5': topk_accuracy(mean, labels[seen], 5),
-          'num_videos': int(seen.sum()), 'num_views': views,
-          'views_per_video': f'{ds_cfg.eval_temporal_views}x{ds_cfg.eval_spatial_views}'
-                             if ds_cfg.kind == 'video' else f'1x{ds_cfg.eval_spatial_views}'}
-
-
-class Evaluator:
-  """Compiled eval steps for the datasets of `config.eval_datasets` (all by default); the training
-  loop keeps one for periodic evaluation, `evaluate` builds one for a checkpoint."""
-
-  def __init__(self, config, spec, mesh, rules, data_dir: str, infos: dict):
-    self.config, self.mesh, self.rules, self.data_dir, self.infos = config, mesh, rules, data_dir, infos
-    self.names = list(config.eval_datasets) or sorted(config.datasets)
-    self.steps = {n: jax.jit(step_lib.make_eval_step(spec.graphdef, n),
-                             out_shardings=sharding.replicated(mesh)) for n in self.names}
-
-  def __call__(self, params) -> dict:
-    results = {}
-    with jax.set_mesh(self.mesh), nnx.logical_axis_rules(self.rules):
-      for name in self.names:
-        ds = self.config.datasets[name]
-        res = evaluate_dataset(self.steps[name], params, ds, data_dir=self.data_dir, mesh=self.mesh,
-                               rules=self.rules, num_videos=self.infos[name].num_examples[ds.eval_split],
-                               name=name)
-        res['num_classes'] = self.infos[name].num_classes
-        res['skipped_corrupt'] = pipeline.stats(ds.tfds_name, ds.eval_split).skipped
-        results[name] = res
-        logging.info('eval %s: %s', name, res)
-    return results
-
-  @staticmethod
-  def scalars(results: dict) -> dict:
-    out = {}
-    for name, r in results.items():
-      out[f'eval/top1/{name}'], out[f'eval/top5/{name}'] = r['top1'], r['top5']
-    return out
+from sparse_tubes import run
+from sparse_tubes.evaluator import Evaluator
+from sparse_tubes.train import metrics
 
 
 def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
   """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
   config_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_tuple(config.sharding_rules)
-  data_dir, infos = loop.prepare_data(config)
-  num_classes = {n: i.num_classes for n, i in infos.items()}
-  spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
+  data_dir, infos = run.dataset_infos(config)
+  restored = run.restore_params(config, workdir, step, run.num_classes(config, infos))
+  step = restored.step
 
-  ckpt = checkpoint.Checkpointer(workdir, read_only=True)
-  step = ckpt.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'No checkpoint in {ckpt.directory}. Train first: python -m sparse_tubes '
-                            f'train --config=... --workdir={workdir}')
-  params = ckpt.restore_params(step, state_lib.abstract_params(spec))
-  ckpt.close()
-
-  results = Evaluator(config, spec, mesh, rules, data_dir, infos)(params)
+  results = Evaluator(config, restored.spec, restored.mesh, restored.rules, data_dir,
+                      infos)(restored.params)
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
   writer.write_scalars(step, Evaluator.scalars(results))
   writer.close()
-  summary = {'step': step, 'checkpoint_dir': ckpt.directory,
+  summary = {'step': step, 'checkpoint_dir': restored.directory,
              'tensorboard_dir': os.path.join(os.path.abspath(workdir), 'tensorboard'),
              'datasets': results}
   if jax.process_index() == 0:

@@ -30,7 +30,8 @@ import numpy as np
 from flax import nnx
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import zoo
+from sparse_tubes import run as run_lib
+from sparse_tubes.models import tokenizers, video_vit
 
 FLOPS_CONVENTION = ('GFLOPs count one multiply-add as one FLOP (the papers\' convention); XLA cost '
                     'analysis of the lowered forward, divided by 2.')
@@ -41,23 +42,6 @@ ACTIVATION_NOTE = ('tensors autodiff saves for the backward pass of one example 
 
 # ------------------------------------------------------------------------------------------------
 # Inputs
-
-def num_classes(config) -> dict[str, int]:
-  """Classes per dataset: known names from `zoo.NUM_CLASSES`, otherwise the TFDS builder's info."""
-  out = {}
-  for name, ds in config.datasets.items():
-    if ds.tfds_name in zoo.NUM_CLASSES:
-      out[name] = zoo.NUM_CLASSES[ds.tfds_name]
-      continue
-    try:
-      from sparse_tubes.data import builtin, pipeline
-      out[name] = pipeline.dataset_info(ds, builtin.resolve_data_dir(config.data_dir)).num_classes
-    except Exception as e:  # noqa: BLE001 - any failure means: we cannot know the class count
-      raise ValueError(
-          f'config.datasets.{name}.tfds_name={ds.tfds_name!r}: unknown number of classes. Prepare '
-          f'the dataset, or add it to sparse_tubes.zoo.NUM_CLASSES. ({e})') from None
-  return out
-
 
 def input_shape(ds_cfg) -> tuple[int, ...]:
   return config_lib.input_shape(ds_cfg)
@@ -87,7 +71,6 @@ def _flat_model_cfg(model_cfg, **overrides):
 
 def abstract_model(model_cfg, classes: Mapping[str, int]):
   """(graphdef, abstract Param state) of the model: shapes only, nothing allocated."""
-  from sparse_tubes.models import video_vit
   with nnx.use_eager_sharding(False):
     model = nnx.eval_shape(lambda: video_vit.build_model(model_cfg, classes,
                                                          rngs=nnx.Rngs(params=0)))
@@ -130,7 +113,6 @@ def class_tokens(model_cfg, shape) -> int:
 
 def token_counts(model_cfg, shape) -> dict:
   """Tokens of one input: per tube, total, and the class tokens the model adds on top."""
-  from sparse_tubes.models import tokenizers
   counts = tokenizers.count_tokens(model_cfg, shape)
   return dict(input_shape=list(shape), per_tube=counts['per_tube'], total=counts['total'],
               class_tokens=class_tokens(model_cfg, shape))
@@ -160,18 +142,24 @@ def xla_macs(graphdef, state, shape, dataset: str, dtype=jnp.float32) -> float:
 
 
 def _residual_bytes(graphdef, state, shape, dataset: str, batch: int) -> int:
-  from jax._src.ad_checkpoint import saved_residuals  # public: jax.ad_checkpoint.print_saved_residuals
+  """Bytes of the residuals `jax.vjp` keeps for the backward pass (its pullback's leaves), less
+  those that are the arguments themselves or literals."""
   forward = _forward(graphdef, dataset)
 
   def loss(state, x):
     return jnp.sum(forward(state, x).astype(jnp.float32))
 
+  def residuals(state, x):
+    return jax.tree.leaves(jax.vjp(loss, state, x)[1])
+
   x = jax.ShapeDtypeStruct((batch, *shape), jnp.float32)
+  jaxpr = jax.make_jaxpr(residuals)(state, x).jaxpr
+  arguments = set(jaxpr.invars)
   total = 0
-  for aval, source in saved_residuals(loss, state, x):
-    if source.startswith('from the argument') or source.startswith('from a literal'):
+  for v in jaxpr.outvars:
+    if hasattr(v, 'val') or v in arguments:  # a literal, or an argument passed through
       continue
-    total += int(np.prod(aval.shape, dtype=np.int64)) * np.dtype(aval.dtype).itemsize
+    total += int(np.prod(v.aval.shape, dtype=np.int64)) * np.dtype(v.aval.dtype).itemsize
   return total
 
 
@@ -188,7 +176,6 @@ def activation_bytes(graphdef, state, shape, dataset: str) -> int:
 
 def _grid(model_cfg, shape):
   """(n_t, n_h, n_w) of the first tube: the (time, space) token grid factorised patterns use."""
-  from sparse_tubes.models import tokenizers
   _, thw = tokenizers.clip_shape(shape, model_option(model_cfg, 'in_channels'))
   tube = tokenizers.parse_tubes(model_cfg.tubes)[0]
   return tokenizers.tube_grid(*tube, thw)
@@ -209,7 +196,6 @@ def analytic_macs(model_cfg, shape, classes: int) -> dict:
   and encoder='factorised' is ViViT M2 (spatial encoder per frame, then L_t temporal layers).
   A class token joins every group except temporal ones (TimeSformer's code), one copy per group.
   """
-  from sparse_tubes.models import tokenizers
   d, m, layers = int(model_cfg.hidden_size), int(model_cfg.mlp_dim), int(model_cfg.num_layers)
   cin = model_option(model_cfg, 'in_channels')
   is_image, _ = tokenizers.clip_shape(shape, cin)
@@ -287,7 +273,7 @@ def analytic_macs(model_cfg, shape, classes: int) -> dict:
 def summarize(config, *, activations: bool = True) -> dict:
   """The numbers `info` prints, as one JSON-able dict (see the module docstring)."""
   config_lib.validate(config, num_devices=_self_consistent_devices(config), process_count=1)
-  classes = num_classes(config)
+  classes = run_lib.num_classes(config)
   # FLOPs and shapes do not depend on scan or remat; unrolled layers make XLA's count exact
   # (its cost analysis counts a while-loop body once).
   graphdef, state = abstract_model(config.model, classes)

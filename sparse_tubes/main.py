@@ -95,13 +95,11 @@ def main(argv):
 
   workdir = _need(_WORKDIR.value, 'workdir', '/tmp/run')
   config = _CONFIG.value
-  if config is None:
-    from sparse_tubes import config as config_lib
-    if not config_lib.has_workdir_config(workdir):
-      raise app.UsageError(f'--config is required here (e.g. --config=configs/synthetic/'
-                           f'tubevit_tiny.py), unless --workdir holds the config.json that '
-                           f'`train` or `convert` wrote; {workdir} has none.')
-    config = config_lib.load_workdir(workdir)
+  from sparse_tubes import run
+  try:
+    config = run.resolve_config(config, workdir)
+  except FileNotFoundError as e:
+    raise app.UsageError(str(e)) from None
   if command == 'convert':
     from sparse_tubes import convert
     result = convert.export_hf(config, workdir, _need(_OUTPUT.value, 'output', '/tmp/hf_model'),
@@ -117,9 +115,8 @@ def main(argv):
     print(predict.format_result(result), flush=True)
     return
   if command == 'train':
-    from sparse_tubes import convert
     from sparse_tubes.train import loop
-    config, target = convert.train_target(config, workdir)
+    config, target = run.train_target(config, workdir)
     if target != workdir:
       print(f'{workdir} holds a converted checkpoint: training from it '
             f'(config.init_from.kind=checkpoint) into {target}', flush=True)

@@ -18,7 +18,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from sparse_tubes import convert as convert_lib
+from sparse_tubes import run
+from sparse_tubes.data import pipeline, video_io
 
 
 def _fps(tfds_name: str) -> float | None:
@@ -32,29 +33,18 @@ def _fps(tfds_name: str) -> float | None:
 
 def video_views(path: str, ds_cfg, *, fps: float | None = None) -> np.ndarray:
   """(views, T, H, W, C) float32 eval views of a video file, in the order the evaluation uses."""
-  from sparse_tubes.data import pipeline, transforms, video_io
   decoded = video_io.decode_video(path, fps=fps if fps is not None else _fps(ds_cfg.tfds_name),
                                   short_side=int(ds_cfg.min_resize))
-  spec = pipeline._Spec.from_config(ds_cfg, ds_cfg.eval_split)
-  views = []
-  for tv in range(spec.temporal_views):
-    frames = pipeline._decode(spec, {'video': decoded.frames}, temporal_view=tv)
-    for sv in range(spec.spatial_views):
-      views.append(transforms.eval_spatial(frames, min_resize=spec.min_resize,
-                                           crop_size=spec.crop_size, view=sv,
-                                           num_views=spec.spatial_views))
-  return transforms.normalize(np.stack(views), spec.normalization)
+  return pipeline.video_eval_views(ds_cfg, decoded.frames)
 
 
 def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
             save_logits: str | None = None, dataset: str | None = None, step: int | None = None,
             fps: float | None = None, batch_size: int | None = None) -> dict:
   """Logits and top-k classes of `input_path` (.npy clip batch or a video file)."""
-  from sparse_tubes.train import sharding
-  params, spec, num_classes, step = convert_lib.restore(config, workdir, step)
-  dataset = dataset or convert_lib._default_head(config, num_classes)
-  if dataset not in num_classes:
-    raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(num_classes)}.')
+  restored = run.restore_params(config, workdir, step)
+  params, num_classes, step = restored.params, restored.num_classes, restored.step
+  dataset = run.choose_head(config, num_classes, dataset)
   if input_path.endswith('.npy'):
     x = np.load(input_path).astype(np.float32)
     if x.ndim not in (4, 5):
@@ -67,9 +57,7 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
     x = video_views(input_path, config.datasets[dataset], fps=fps)
     kind, groups = 'video', len(x)
 
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_tuple(config.sharding_rules)
-  graphdef = spec.graphdef
+  mesh, rules, graphdef = restored.mesh, restored.rules, restored.spec.graphdef
 
   @jax.jit
   def forward(p, xb):
@@ -87,7 +75,7 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
     os.makedirs(os.path.dirname(os.path.abspath(save_logits)), exist_ok=True)
     np.save(save_logits, logits)
 
-  names = convert_lib.class_names(config, workdir, dataset, logits.shape[-1])
+  names = run.class_names(config, workdir, dataset, logits.shape[-1])
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   k = min(top_k, logits.shape[-1])

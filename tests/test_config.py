@@ -2,6 +2,7 @@
 import pytest
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import run
 
 TINY = 'configs/synthetic/tubevit_tiny.py'
 
@@ -104,14 +105,14 @@ def test_unknown_override_names_the_closest_key():
 
 def test_workdir_config_json_with_an_unknown_key_is_rejected(tmp_path):
   import json
-  config_lib.save_workdir(load(), str(tmp_path))
-  config_lib.validate(config_lib.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
-  path = tmp_path / config_lib.WORKDIR_CONFIG
+  run.save_workdir(load(), str(tmp_path))
+  config_lib.validate(run.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
+  path = tmp_path / run.WORKDIR_CONFIG
   saved = json.loads(path.read_text())
   saved['model']['atention'] = 'divided'
   path.write_text(json.dumps(saved))
   with pytest.raises(ValueError, match=r'config\.model\.atention; did you mean config\.model\.attention'):
-    config_lib.validate(config_lib.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
+    config_lib.validate(run.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
 
 
 def test_nested_unknown_keys_outside_the_model():

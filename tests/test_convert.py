@@ -10,6 +10,7 @@ pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
 from sparse_tubes import config as config_lib  # noqa: E402
+from sparse_tubes import run  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 from tests.test_main import cli  # noqa: E402
 
@@ -39,7 +40,7 @@ def test_convert_writes_checkpoint_and_config(converted):
   assert info['from'] == 'hf' and info['head'] == 'shapes_video' and info['step'] == 0
   assert info['labels']['shapes_video'][:2] == ['class_a', 'class_b']
   assert os.path.isdir(workdir / 'checkpoints' / '0' / 'params')
-  config = config_lib.load_workdir(str(workdir))
+  config = run.load_workdir(str(workdir))
   # Architecture from the HF config.json (hidden 32, 2 layers), datasets from --config.
   assert config.model.hidden_size == 32 and config.model.num_layers == 2
   assert config.model.tubes == (((2, 8, 8), (2, 8, 8), (0, 0, 0)),)
@@ -85,7 +86,7 @@ def test_convert_without_config_names_the_dataset_by_classes(tmp_path):
   model.save_pretrained(tmp_path / 'hf')
   info = convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'work'))
   assert info['head'] == 'ssv2' and info['num_classes'] == {'ssv2': 174}
-  config = config_lib.load_workdir(str(tmp_path / 'work'))
+  config = run.load_workdir(str(tmp_path / 'work'))
   ds = config.datasets.ssv2
   assert (ds.num_frames, ds.crop_size, ds.sampling, ds.flip) == (H.T, H.SIZE, 'segment', False)
   assert config.model.attention == 'joint' and config.model.input_shape == (H.T, H.SIZE, H.SIZE, 3)
@@ -97,14 +98,13 @@ def test_convert_without_config_names_the_dataset_by_classes(tmp_path):
                                   'configs/kinetics400/timesformer_divst.py',
                                   'configs/kinetics400/vivit_b16x2_fe.py'])
 def test_workdir_config_round_trips(tmp_path, path):
-  """config.json (train's save_config or convert's) reads back with tuples and None intact."""
-  from sparse_tubes.train import loop
+  """config.json (as train and convert write it) reads back with tuples and None intact."""
   config = config_lib.load(path)
-  loop.save_config(config, str(tmp_path))
-  back = config_lib.load_workdir(str(tmp_path))
+  run.save_workdir(config, str(tmp_path), command='train')
+  back = run.load_workdir(str(tmp_path))
   assert back.to_dict() == config.to_dict()
   assert isinstance(back.model.tubes[0][0], tuple) and isinstance(back.sharding_rules, tuple)
-  config_lib.save_workdir(config, str(tmp_path / 'w'))
+  run.save_workdir(config, str(tmp_path / 'w'))
   snap = config_lib.load(str(tmp_path / 'w' / 'config.py'), total_steps=7)
   assert snap.total_steps == 7 and snap.model.to_dict() == config.model.to_dict()
 
@@ -116,19 +116,18 @@ def test_train_on_a_converted_workdir_starts_from_it(tmp_path):
   model = H.hf_model('vivit', num_labels=3)
   model.save_pretrained(tmp_path / 'hf')
   convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'w'))
-  config = config_lib.load_workdir(str(tmp_path / 'w'))
-  cfg, target = convert.train_target(config, str(tmp_path / 'w'))
+  config = run.load_workdir(str(tmp_path / 'w'))
+  cfg, target = run.train_target(config, str(tmp_path / 'w'))
   assert target == str(tmp_path / 'w' / 'finetune')
   assert (cfg.init_from.kind, cfg.init_from.path, cfg.init_from.step, cfg.init_from.keep_heads) == (
       'checkpoint', str(tmp_path / 'w'), 0, True)
-  assert convert.train_target(config, str(tmp_path / 'other')) == (config, str(tmp_path / 'other'))
+  assert run.train_target(config, str(tmp_path / 'other')) == (config, str(tmp_path / 'other'))
 
 
 def test_convert_vit_npz_inflates_into_the_config_model(tmp_path):
   """--from=vit_npz: the image ViT is inflated (pretrained/inflate.py) into --config's model."""
   from sparse_tubes import convert
   from sparse_tubes.pretrained import vit
-  from sparse_tubes.train import checkpoint
   from tests.pretrained import vit_helpers as V
   image = V.build(V.image_model_cfg())
   image_params = V.perturbed(V.params_of(image))
@@ -139,9 +138,9 @@ def test_convert_vit_npz_inflates_into_the_config_model(tmp_path):
   config.model.update(hidden_size=V.D, num_layers=V.LAYERS, num_heads=V.HEADS, mlp_dim=V.MLP)
   info = convert.convert('vit_npz', npz, str(tmp_path / 'w'), config)
   assert info['from'] == 'vit_npz' and info['num_classes'] == {'shapes_video': 8}
-  back = config_lib.load_workdir(str(tmp_path / 'w'))
+  back = run.load_workdir(str(tmp_path / 'w'))
   assert back.init_from.kind == '' and back.model.hidden_size == V.D
-  ckpt = checkpoint.Checkpointer(str(tmp_path / 'w'), read_only=True)
+  ckpt = run.Checkpointer(str(tmp_path / 'w'), read_only=True)
   import orbax.checkpoint as ocp
   restored = ckpt.manager.restore(0, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
   ckpt.close()

@@ -4,16 +4,16 @@ import os
 import numpy as np
 import pytest
 
-from sparse_tubes import evaluate
+from sparse_tubes import evaluate, evaluator
 from sparse_tubes.train import loop
 
 
 def test_topk_accuracy():
   logits = np.array([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05]])
   labels = np.array([2, 0])
-  assert evaluate.topk_accuracy(logits, labels, 1) == 0.5
-  assert evaluate.topk_accuracy(logits, labels, 2) == 1.0
-  assert evaluate.topk_accuracy(logits, labels, 5) == 1.0  # k larger than the class count.
+  assert evaluator.topk_accuracy(logits, labels, 1) == 0.5
+  assert evaluator.topk_accuracy(logits, labels, 2) == 1.0
+  assert evaluator.topk_accuracy(logits, labels, 5) == 1.0  # k larger than the class count.
 
 
 @pytest.fixture(scope='module')
@@ -55,7 +55,6 @@ def test_view_count_follows_config(trained):
 def test_logits_are_averaged_per_video(monkeypatch):
   """Video 0 has views voting 2:1 for class 0, but the mean logit favours class 1; padding views
   (mask False) must be ignored."""
-  import ml_collections
   from sparse_tubes import defaults
   from sparse_tubes.train import sharding
   logits = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0],     # video 0: mean favours class 1
@@ -64,12 +63,14 @@ def test_logits_are_averaged_per_video(monkeypatch):
                   video_id=np.array([0, 0, 0], np.int32), mask=np.array([True] * 3)),
              dict(inputs=logits[3:], label=np.array([0, 0, 0], np.int32),
                   video_id=np.array([1, 0, 0], np.int32), mask=np.array([True, False, False]))]
-  monkeypatch.setattr(evaluate.pipeline, 'eval_batches', lambda *a, **k: iter(batches))
+  data = evaluator.pipeline.EvalData(batches, num_videos=2, views_per_video=3, num_batches=2,
+                                     local_batch_size=3, stats=evaluator.pipeline.DataStats())
+  monkeypatch.setattr(evaluator.pipeline, 'eval_batches', lambda *a, **k: data)
   fake_step = lambda params, b: {'logits': b['inputs'], 'label': b['label'],
                                  'video_id': b['video_id'], 'mask': b['mask']}
   mesh = sharding.make_mesh(defaults.base().mesh)
   ds = defaults.dataset(eval_temporal_views=3, eval_spatial_views=1)
-  res = evaluate.evaluate_dataset(fake_step, None, ds, data_dir='', mesh=mesh,
+  res = evaluator.evaluate_dataset(fake_step, None, ds, data_dir='', mesh=mesh,
                                   rules=defaults.base().sharding_rules, num_videos=2)
   assert res['num_videos'] == 2 and res['num_views'] == 4
   assert res['top1'] == 1.0

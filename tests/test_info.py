@@ -8,7 +8,7 @@ import jax
 import pytest
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import info
+from sparse_tubes import info, run
 from sparse_tubes.models import tokenizers
 from sparse_tubes.train import state as state_lib
 
@@ -35,7 +35,7 @@ def test_json_keys_and_types(tiny):
 
 def test_params_are_the_abstract_parameter_tree(tiny):
   config, s = tiny
-  classes = info.num_classes(config)
+  classes = run.num_classes(config)
   assert classes == {'shapes_video': 8, 'shapes_image': 3}
   mesh = jax.make_mesh((1, 1, 1), ('data', 'fsdp', 'tensor'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
@@ -69,7 +69,7 @@ def test_xla_flops_agree_with_the_analytic_count_at_vit_b_width():
   """At ViT-B width matmuls dominate: XLA/2 and the closed form agree within 3%."""
   config = config_lib.load(TINY, model__hidden_size=768, model__num_heads=12, model__mlp_dim=3072,
                            model__num_layers=2)
-  classes = info.num_classes(config)
+  classes = run.num_classes(config)
   graphdef, state = info.abstract_model(config.model, classes)
   shape = config_lib.input_shape(config.datasets.shapes_video)
   xla = info.xla_macs(graphdef, state, shape, 'shapes_video')
@@ -89,7 +89,7 @@ def test_flops_scale_with_views_and_activations_are_positive(tiny):
 
 def test_activations_follow_dtype_and_remat():
   base = config_lib.load(TINY)
-  classes = info.num_classes(base)
+  classes = run.num_classes(base)
   shape = config_lib.input_shape(base.datasets.shapes_video)
 
   def act(**kw):
@@ -113,7 +113,7 @@ def test_unknown_dataset_names_the_fix():
   config = config_lib.load(TINY)
   config.datasets.shapes_video.tfds_name = 'no_such_dataset_xyz'
   with pytest.raises(ValueError, match='NUM_CLASSES'):
-    info.num_classes(config)
+    run.num_classes(config)
 
 
 def test_cli_json():

@@ -13,7 +13,7 @@ import os
 import pytest
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import info
+from sparse_tubes import info, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DIRS = ('kinetics400', 'kinetics600', 'kinetics700', 'ssv2', 'imagenet')
@@ -116,13 +116,13 @@ def test_there_are_paper_configs():
 def test_config_loads_and_validates(path):
   config = config_lib.load(path)
   config_lib.validate(config, num_devices=1, process_count=1)
-  info.num_classes(config)  # every dataset's class count is known without the data
+  run.num_classes(config)  # every dataset's class count is known without the data
   for ds in config.datasets.values():
     assert ds.tfds_name in ('kinetics400', 'kinetics600', 'kinetics700', 'ssv2', 'imagenet2012')
   if config.model.name == 'tubevit':  # and TubeViT's image+video co-training variant
     cotrain = config_lib.load(path + ':cotrain')
     config_lib.validate(cotrain, num_devices=1, process_count=1)
-    assert set(info.num_classes(cotrain).values()) >= {1000}
+    assert set(run.num_classes(cotrain).values()) >= {1000}
 
 
 def _rows(heavy: bool):
@@ -163,6 +163,6 @@ def test_same_model_across_datasets_differs_by_the_head_only():
   """TubeViT-B on Kinetics-600 = on Kinetics-400 plus 200 more classes in the head."""
   a = config_lib.load(_spec('kinetics400/tubevit_b'))
   b = config_lib.load(_spec('kinetics600/tubevit_b'))
-  pa = info.param_counts(info.abstract_model(a.model, info.num_classes(a))[1])
-  pb = info.param_counts(info.abstract_model(b.model, info.num_classes(b))[1])
+  pa = info.param_counts(info.abstract_model(a.model, run.num_classes(a))[1])
+  pb = info.param_counts(info.abstract_model(b.model, run.num_classes(b))[1])
   assert pb['total'] - pa['total'] == 200 * (768 + 1)

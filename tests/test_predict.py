@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from sparse_tubes import config as config_lib, convert, predict  # noqa: E402
+from sparse_tubes import convert, predict, run  # noqa: E402
 from sparse_tubes.data import video_io  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 
@@ -23,7 +23,7 @@ def workdir(tmp_path_factory):
 
 def test_predict_video_file_through_eval_views(workdir, tmp_path, capsys):
   model, work = workdir
-  config = config_lib.load_workdir(str(work))
+  config = run.load_workdir(str(work))
   ds = config.datasets.video
   assert (ds.eval_temporal_views, ds.eval_spatial_views, ds.normalization) == (1, 3, 'imagenet')
   config.unlock()
@@ -47,7 +47,7 @@ def test_predict_video_file_through_eval_views(workdir, tmp_path, capsys):
 
 def test_predict_npy_fed_as_is(workdir, tmp_path):
   model, work = workdir
-  config = config_lib.load_workdir(str(work))
+  config = run.load_workdir(str(work))
   x = H.clips(batch=2, seed=9)
   np.save(tmp_path / 'x.npy', x)
   result = predict.predict(config, str(work), str(tmp_path / 'x.npy'), top_k=6)

@@ -13,7 +13,7 @@ were never published: a split without labels is left out, with a message).
 import csv
 import os
 
-from sparse_tubes.data import prepare
+from sparse_tubes.data import video_builder
 from sparse_tubes.data.video_io import Video
 
 SPLIT_FILES = {'train': ('train.csv',), 'validation': ('val.csv', 'validate.csv', 'validation.csv'),
@@ -39,7 +39,7 @@ def read_csv(path: str) -> list[dict]:
   return rows
 
 
-class _Kinetics(prepare.VideoBuilder, skip_registration=True):
+class _Kinetics(video_builder.VideoBuilder, skip_registration=True):
   """Kinetics human action clips (about 10 s each), JPEG frames at 25 fps, short side 256."""
 
   HOMEPAGE = 'https://github.com/cvdfoundation/kinetics-dataset'
@@ -49,7 +49,7 @@ class _Kinetics(prepare.VideoBuilder, skip_registration=True):
     csvs = {}
     for split, names in SPLIT_FILES.items():
       for n in names:
-        path = prepare.find_file(manual_dir, n)
+        path = video_builder.find_file(manual_dir, n)
         if path:
           csvs[split] = path
           break
@@ -58,7 +58,7 @@ class _Kinetics(prepare.VideoBuilder, skip_registration=True):
     rows = {split: read_csv(path) for split, path in csvs.items()}
     names = sorted({r['label'] for r in rows['train'] if r.get('label')})
     lookup = {n: i for i, n in enumerate(names)}
-    files = prepare.index_files(manual_dir)
+    files = video_builder.index_files(manual_dir)
     splits = {}
     for split, split_rows in rows.items():
       if not all(r.get('label') for r in split_rows):

@@ -12,7 +12,6 @@ Batches are dicts of numpy arrays:
   eval:  the same plus 'video_id' int32 (index in the split, -1 for padding), 'view' int32 and
          'mask' bool (False for padding and for examples that failed to decode).
 """
-import collections
 import dataclasses
 import math
 import threading
@@ -168,21 +167,15 @@ def data_source(ds_cfg, data_dir: str, split: str, *, name: str = ''):
 
 @dataclasses.dataclass
 class DataStats:
-  """Examples skipped because they failed to decode. Counted in the main process."""
+  """Examples skipped because they failed to decode, counted in the main process. Each pipeline
+  fills the DataStats it is given (`train_iterator(stats=...)`) or returns its own
+  (`EvalData.stats`)."""
   skipped: int = 0
   _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
   def add(self, n: int) -> None:
     with self._lock:
       self.skipped += int(n)
-
-
-_STATS: dict[str, DataStats] = collections.defaultdict(DataStats)
-
-
-def stats(tfds_name: str, split: str) -> DataStats:
-  """The running statistics of one split, summed over all pipelines of this process."""
-  return _STATS[f'{tfds_name}:{split}']
 
 
 # ---------------------------------------------------------------------------- per-element work
@@ -291,8 +284,9 @@ class _CountSkipped(grain.transforms.Map):
 # ----------------------------------------------------------------------------------------- train
 
 def train_iterator(ds_cfg, *, data_dir: str, seed: int, process_index: int, process_count: int,
-                   grain_cfg, name: str = '') -> grain.DatasetIterator:
-  """Endless iterator of this host's train batches; supports get_state/set_state and Orbax."""
+                   grain_cfg, name: str = '', stats: DataStats | None = None) -> grain.DatasetIterator:
+  """Endless iterator of this host's train batches; supports get_state/set_state and Orbax.
+  Examples skipped as corrupt are counted into `stats` as their batches arrive."""
   validate(ds_cfg, name=name, process_count=process_count)
   spec = _Spec.from_config(ds_cfg, ds_cfg.train_split)
   source = data_source(ds_cfg, data_dir, ds_cfg.train_split, name=name)
@@ -313,7 +307,7 @@ def train_iterator(ds_cfg, *, data_dir: str, seed: int, process_index: int, proc
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=grain_cfg.worker_count, per_worker_buffer_size=grain_cfg.worker_buffer_size))
-  ds = ds.map(_CountSkipped(stats(spec.tfds_name, spec.split)))
+  ds = ds.map(_CountSkipped(stats if stats is not None else DataStats()))
   return iter(ds)
 
 
@@ -358,6 +352,7 @@ class EvalData:
   views_per_video: int
   num_batches: int
   local_batch_size: int
+  stats: DataStats  # views of corrupt videos (kept as masked padding), counted while iterating
 
   def __iter__(self):
     return iter(self.dataset)
@@ -377,9 +372,26 @@ def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: in
   padded = num_batches * local_batch * process_count
 
   ds = grain.MapDataset.range(padded)[process_index::process_count]
-  ds = ds.map(_EvalView(spec, source, stats(spec.tfds_name, spec.split)))
+  stats = DataStats()
+  ds = ds.map(_EvalView(spec, source, stats))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=2 * local_batch))
   ds = ds.batch(local_batch).map(_Normalize(spec.normalization))
   return EvalData(ds, num_videos=len(source), views_per_video=views, num_batches=num_batches,
-                  local_batch_size=local_batch)
+                  local_batch_size=local_batch, stats=stats)
+
+
+# ------------------------------------------------------------------------------- one video file
+
+def video_eval_views(ds_cfg, frames: np.ndarray) -> np.ndarray:
+  """(views, T, H, W, C) float32 eval views of one decoded video (uint8 frames (n, h, w, 3)): the
+  multi-view evaluation's clips, crops and normalization, in its view order (temporal-major)."""
+  spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
+  views = []
+  for tv in range(spec.temporal_views):
+    clip = _decode(spec, {'video': frames}, temporal_view=tv)
+    for sv in range(spec.spatial_views):
+      views.append(transforms.eval_spatial(clip, min_resize=spec.min_resize,
+                                           crop_size=spec.crop_size, view=sv,
+                                           num_views=spec.spatial_views))
+  return transforms.normalize(np.stack(views), spec.normalization)

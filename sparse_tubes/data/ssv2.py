@@ -13,7 +13,7 @@ flips change labels here, so leave flip=False in configs.
 """
 import json
 
-from sparse_tubes.data import prepare
+from sparse_tubes.data import video_builder
 from sparse_tubes.data.video_io import Video
 
 INSTRUCTIONS = """\
@@ -30,15 +30,15 @@ def template_label(template: str) -> str:
   return template.replace('[', '').replace(']', '')
 
 
-class Ssv2(prepare.VideoBuilder):
+class Ssv2(video_builder.VideoBuilder):
   """Something-Something v2: 174 classes of hand-object interactions; frames at the native 12 fps."""
 
   HOMEPAGE = 'https://www.qualcomm.com/developer/software/something-something-v-2-dataset'
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  BUILDER_CONFIGS = [prepare.make_config(None, 256)]
+  BUILDER_CONFIGS = [video_builder.make_config(None, 256)]
 
   def list_videos(self, manual_dir):
-    path = prepare.find_file(manual_dir, LABELS)
+    path = video_builder.find_file(manual_dir, LABELS)
     if not path:
       raise ValueError(f'No {LABELS} under {manual_dir!r}. {INSTRUCTIONS}')
     with open(path) as f:
@@ -46,10 +46,10 @@ class Ssv2(prepare.VideoBuilder):
     names = sorted(label_map, key=label_map.get)
     if [label_map[n] for n in names] != list(range(len(names))):
       raise ValueError(f'{path}: label indices are not 0..{len(names) - 1}.')
-    files = prepare.index_files(manual_dir)
+    files = video_builder.index_files(manual_dir)
     splits = {}
     for split, name in SPLITS.items():
-      path = prepare.find_file(manual_dir, name)
+      path = video_builder.find_file(manual_dir, name)
       if not path:
         print(f'{self.name}: no {name} under {manual_dir}; the {split!r} split is left out.')
         continue

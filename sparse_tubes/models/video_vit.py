@@ -70,15 +70,13 @@ import jax.numpy as jnp
 from flax import nnx
 
 from sparse_tubes import config as config_lib
+from sparse_tubes.defaults import ENCODERS, POOLS, POSEMBS  # the schema's choices
 from sparse_tubes.models import attention_patterns as patterns
 from sparse_tubes.models import partitioning, position, tokenizers
 from sparse_tubes.models.encoder import Encoder, apply_dropout
 from sparse_tubes.models.heads import MAPHead, check_dataset, dataset_heads, gap
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
-POSEMBS = ('sincos3d', 'learned', 'learned_space_time')
-POOLS = ('map', 'gap', 'token')
-ENCODERS = ('single', 'factorised')
 
 
 def _cls_param(d, rngs):

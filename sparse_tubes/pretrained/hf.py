@@ -45,6 +45,7 @@ import re
 import numpy as np
 
 from sparse_tubes import config as config_lib
+from sparse_tubes.pretrained import weights
 
 MODEL_TYPES = ('timesformer', 'vivit')
 TIMESFORMER_ATTENTION = {'divided_space_time': 'divided', 'joint_space_time': 'joint',
@@ -72,46 +73,7 @@ VIVIT_V5_TO_V4 = (
 )
 
 
-class KeyMismatch(ValueError):
-  """A checkpoint that does not fit the architecture: lists missing/unexpected keys and shapes."""
-
-  def __init__(self, what: str, missing=(), unexpected=(), shapes=()):
-    lines = [what]
-    if missing:
-      lines.append(f'missing keys ({len(missing)}): ' + ', '.join(sorted(missing)[:20])
-                   + (' ...' if len(missing) > 20 else ''))
-    if unexpected:
-      lines.append(f'unexpected keys ({len(unexpected)}): ' + ', '.join(sorted(unexpected)[:20])
-                   + (' ...' if len(unexpected) > 20 else ''))
-    for key, have, want in shapes:
-      lines.append(f'shape of {key}: checkpoint {tuple(have)}, model {tuple(want)}')
-    super().__init__('\n  '.join(lines))
-    self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
-
-
 # ------------------------------------------------------------------------------------ reading
-
-def _torch_load(path: str) -> dict:
-  try:
-    import torch
-  except ImportError:
-    raise ImportError(f'{path} is a PyTorch pickle: reading it needs torch '
-                      "(pip install 'sparse_tubes[test]' or pip install torch).") from None
-  obj = torch.load(path, map_location='cpu', weights_only=True)
-  return obj
-
-
-def _to_numpy(sd: dict) -> dict:
-  out = {}
-  for k, v in sd.items():
-    if hasattr(v, 'detach'):  # torch.Tensor
-      v = v.detach().cpu()
-      if str(v.dtype) == 'torch.bfloat16':
-        v = v.float()
-      v = v.numpy()
-    out[k] = np.asarray(v)
-  return out
-
 
 def read_state_dict(path: str) -> dict:
   """A flat {name: np.ndarray} from a HF directory (safetensors preferred) or one weights file."""
@@ -129,10 +91,7 @@ def read_state_dict(path: str) -> dict:
     for name in files:
       sd.update(read_state_dict(os.path.join(os.path.dirname(path), name)))
     return sd
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-    return {k: np.asarray(v) for k, v in load_file(path).items()}
-  return _to_numpy(_torch_load(path))
+  return weights.read_torch(path)
 
 
 def read_config(path: str) -> dict:
@@ -405,13 +364,14 @@ def convert_state_dict(sd: dict, hf: dict, *, source: str = '') -> Imported:
     except (AttributeError, ValueError, TypeError) as e:
       if not missing:
         shape = {k: v.shape for k, v in base.items() if k.startswith(name)}
-        raise KeyMismatch(f'{source}: {name} does not fit the architecture of config.json '
-                          f'({e}); checkpoint shapes {shape}') from None
+        raise weights.CheckpointMismatch(
+            f'{source}: {name} (checkpoint shapes {shape}; {e}) and the architecture of '
+            'config.json') from None
   ignored = sorted(k for k in base if k not in used and k.startswith('pooler.'))
   unexpected = sorted(k for k in base if k not in used and not k.startswith('pooler.'))
   if missing or unexpected:
-    raise KeyMismatch(f'{source}: the weights do not match the {hf["model_type"]} architecture of '
-                      'its config.json', missing, unexpected)
+    raise weights.CheckpointMismatch(f'{source}: the weights and the {hf["model_type"]} '
+                                     'architecture of its config.json', missing, unexpected)
   head = None
   if 'classifier.weight' in extra:
     w = np.asarray(extra['classifier.weight'], np.float32)
@@ -474,66 +434,3 @@ def export(params_flat: dict, model: dict, out_dir: str, *, head: tuple,
     json.dump(cfg, f, indent=2)
   save_file(sd, os.path.join(out_dir, 'model.safetensors'), metadata={'format': 'pt'})
   return out_dir
-
-
-# ------------------------------------------------------------------ our param trees <-> flat
-
-def _key_str(k) -> str:
-  return str(getattr(k, 'key', getattr(k, 'idx', getattr(k, 'name', k))))
-
-
-def flatten(tree) -> dict:
-  """{'a/b/0/c': leaf} of a nested params dict (our pure-dict params)."""
-  import jax
-  leaves, _ = jax.tree_util.tree_flatten_with_path(tree)
-  return {'/'.join(_key_str(k) for k in path): v for path, v in leaves}
-
-
-def unflatten_like(abstract, flat: dict, *, what: str = 'checkpoint'):
-  """The params tree shaped as `abstract` (ShapeDtypeStructs) from flat 'a/b/c' arrays.
-
-  Scanned encoders (config.model.scan_layers=True) keep 'encoder/blocks/<name>' with a leading layer
-  axis: per-layer 'encoder/blocks/<i>/<name>' arrays are stacked into it."""
-  import jax
-  paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-  flat = dict(flat)
-  used, missing, shapes, leaves = set(), [], [], []
-  for path, ref in paths:
-    key = '/'.join(_key_str(k) for k in path)
-    value = flat.get(key)
-    if value is None:
-      m = re.match(r'^(.*/blocks)/(.+)$', key)
-      if m and f'{m.group(1)}/0/{m.group(2)}' in flat:  # scan: stack the per-layer arrays
-        n = ref.shape[0]
-        names = [f'{m.group(1)}/{i}/{m.group(2)}' for i in range(n)]
-        if all(x in flat for x in names):
-          value = np.stack([flat[x] for x in names])
-          used.update(names)
-    else:
-      used.add(key)
-    if value is None:
-      missing.append(key)
-      leaves.append(None)
-      continue
-    if tuple(value.shape) != tuple(ref.shape):
-      shapes.append((key, value.shape, ref.shape))
-    leaves.append(np.asarray(value, ref.dtype))
-  unexpected = sorted(set(flat) - used)
-  if missing or unexpected or shapes:
-    raise KeyMismatch(f'the {what} does not fit the model of the config', missing, unexpected,
-                      shapes)
-  return jax.tree_util.tree_unflatten(treedef, leaves)
-
-
-def unstack_scanned(flat: dict, num_layers: int) -> dict:
-  """Inverse of the scan stacking in `unflatten_like`: 'encoder/blocks/<name>' (L, ...) ->
-  'encoder/blocks/<i>/<name>'."""
-  out = {}
-  for k, v in flat.items():
-    m = re.match(r'^(.*/blocks)/([^0-9].*)$', k)
-    if m and np.shape(v)[0] == num_layers:
-      for i in range(num_layers):
-        out[f'{m.group(1)}/{i}/{m.group(2)}'] = np.asarray(v)[i]
-    else:
-      out[k] = v
-  return out

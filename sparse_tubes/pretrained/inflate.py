@@ -30,12 +30,14 @@ init and are listed in the report.
   heads       dropped (kept at their zero init) unless keep_heads=True, which copies the image
               head into every dataset head of the same number of classes (an error otherwise).
 """
+import jax
 import numpy as np
 
 from sparse_tubes.models import attention_patterns as patterns
 from sparse_tubes.models import tokenizers
 from sparse_tubes import config as config_lib
-from sparse_tubes.pretrained.vit import CheckpointMismatch, ImageViT
+from sparse_tubes.pretrained.vit import ImageViT
+from sparse_tubes.pretrained.weights import CheckpointMismatch, flatten, summarise, unflatten_like
 
 TUBE_INITS = ('central_frame', 'average')
 KERNEL_RESIZES = ('pi', 'bilinear')
@@ -44,32 +46,9 @@ TEMPORAL_INITS = ('auto', 'copy', 'zero', 'init')
 
 
 # ---------------------------------------------------------------------------------------------
-# Flat '/'-joined views of nested parameter dicts (list indices become their digits).
-
-def flatten(tree, prefix: str = '') -> dict:
-  out = {}
-  for k, v in tree.items():
-    name = f'{prefix}{k}'
-    if isinstance(v, dict):
-      out.update(flatten(v, name + '/'))
-    else:
-      out[name] = v
-  return out
-
-
-def unflatten_like(flat: dict, like):
-  """Nested dict with `like`'s structure (and key types), values from `flat`."""
-  def walk(node, prefix):
-    return {k: (walk(v, f'{prefix}{k}/') if isinstance(v, dict) else flat[f'{prefix}{k}'])
-            for k, v in node.items()}
-  return walk(like, '')
-
-
-# ---------------------------------------------------------------------------------------------
 # Resizing.
 
 def _resize(x: np.ndarray, shape, *, antialias: bool) -> np.ndarray:
-  import jax
   return np.asarray(jax.image.resize(np.asarray(x, np.float32), tuple(shape), method='bilinear',
                                      antialias=antialias))
 
@@ -99,7 +78,6 @@ def resize_kernel(kernel: np.ndarray, size, method: str = 'pi') -> np.ndarray:
   if method != 'pi':
     raise ValueError(f'config.init_from.kernel_resize = {method!r}: use one of {KERNEL_RESIZES}.')
   basis = np.eye(ph * pw, dtype=np.float32).reshape(ph * pw, ph, pw)
-  import jax
   b = np.asarray(jax.vmap(lambda e: jax.image.resize(e, (kh, kw), 'bilinear', antialias=True))(
       basis)).reshape(ph * pw, kh * kw).T            # B: (kh*kw, ph*pw), x' = B x
   mat = np.linalg.pinv(b.T)                            # (kh*kw, ph*pw)
@@ -334,17 +312,5 @@ def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, li
     raise CheckpointMismatch(f'{vit.layout} image ViT into config.model ({name})', shapes=shapes)
   kept = sorted(set(flat) - loaded)
   report.append(f'{len(loaded)} of {len(flat)} parameter arrays from the image ViT; kept at init: '
-                + (_summarise(kept) or 'none'))
-  return unflatten_like(new, params), report
-
-
-def _summarise(keys, limit: int = 12) -> str:
-  """Compact list: block-level keys collapsed over the layer index."""
-  import re
-  seen = []
-  for k in keys:
-    k = re.sub(r'/blocks/\d+/', '/blocks/*/', k)
-    if k not in seen:
-      seen.append(k)
-  more = f' ... (+{len(seen) - limit})' if len(seen) > limit else ''
-  return ', '.join(seen[:limit]) + more
+                + (summarise(kept) or 'none'))
+  return unflatten_like(params, new, what='inflated parameters'), report

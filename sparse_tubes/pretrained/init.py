@@ -19,15 +19,17 @@
                      after a convolution is a convolution, so the tokens are the small model's,
                      rotated into the large model's width) or 'pad' (zero-padded channels).
 """
-import os
-
 import jax
-import numpy as np
 import ml_collections
+import numpy as np
+from jax.experimental import multihost_utils
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import defaults as defaults_lib
+from sparse_tubes import run
 from sparse_tubes.pretrained import inflate as inflate_lib
 from sparse_tubes.pretrained import vit as vit_lib
+from sparse_tubes.pretrained import weights
 
 KINDS = ('', 'vit_npz', 'vit_torch', 'checkpoint')
 PROJECTIONS = ('orthogonal', 'pad')
@@ -35,7 +37,6 @@ PROJECTIONS = ('orthogonal', 'pad')
 
 def defaults() -> ml_collections.ConfigDict:
   """config.init_from as defaults.base() sets it: kind '' changes nothing."""
-  from sparse_tubes import defaults as defaults_lib
   return defaults_lib.base().init_from
 
 
@@ -64,32 +65,10 @@ def validate(config) -> None:
       raise ValueError(f'config.init_from.{key} = {init.get(key)!r}: use one of {allowed}.')
 
 
-def read_checkpoint_params(path: str, step: int = -1) -> dict:
-  """The `params` item of our checkpoint in a workdir (or its checkpoints/ dir), as saved."""
-  import orbax.checkpoint as ocp
-  directory = path
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    directory = os.path.join(path, 'checkpoints')
-  if not os.path.isdir(directory):
-    raise FileNotFoundError(f'config.init_from.path = {path!r}: no checkpoint directory there.')
-  manager = ocp.CheckpointManager(
-      os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(create=False, enable_async_checkpointing=False))
-  try:
-    s = manager.latest_step() if step is None or step < 0 else step
-    if s is None:
-      raise FileNotFoundError(f'config.init_from.path = {path!r}: no checkpoint steps in '
-                              f'{directory}.')
-    restored = manager.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-  finally:
-    manager.close()
-  return jax.tree.map(np.asarray, dict(restored['params']))
-
-
 def merge_checkpoint(src: dict, params: dict, *, keep_heads: bool = False):
   """Our params from another of our checkpoints: same name and shape taken (heads only with
   keep_heads); shape mismatches outside the heads are an error listing them all."""
-  s, t = inflate_lib.flatten(src), inflate_lib.flatten(params)
+  s, t = weights.flatten(src), weights.flatten(params)
   new, shapes, taken = dict(t), [], []
   for k, v in t.items():
     if k not in s:
@@ -106,17 +85,17 @@ def merge_checkpoint(src: dict, params: dict, *, keep_heads: bool = False):
   missing = sorted(set(t) - set(s))
   unexpected = sorted(k for k in set(s) - set(t) if not k.startswith('heads/'))
   if shapes:
-    raise vit_lib.CheckpointMismatch('checkpoint params into config.model', shapes=shapes)
+    raise weights.CheckpointMismatch('checkpoint params into config.model', shapes=shapes)
   report = [f'{len(taken)} of {len(t)} parameter arrays from the checkpoint']
   if missing:
-    report.append('not in the checkpoint, kept at init: ' + inflate_lib._summarise(missing))
+    report.append('not in the checkpoint, kept at init: ' + weights.summarise(missing))
   if unexpected:
     report.append('in the checkpoint, not in the model (ignored): '
-                  + inflate_lib._summarise(unexpected))
+                  + weights.summarise(unexpected))
   dropped = sorted(k for k in t if k.startswith('heads/') and k not in taken)
   if dropped:
-    report.append('heads at init: ' + inflate_lib._summarise(dropped))
-  return inflate_lib.unflatten_like(new, params), report
+    report.append('heads at init: ' + weights.summarise(dropped))
+  return weights.unflatten_like(params, new), report
 
 
 def projection(d_small: int, d_large: int, kind: str = 'orthogonal', seed: int = 0) -> np.ndarray:
@@ -134,7 +113,7 @@ def projection(d_small: int, d_large: int, kind: str = 'orthogonal', seed: int =
 def take_tubes(src: dict, params: dict, model_cfg, *, kind: str = 'orthogonal', seed: int = 0):
   """TubeViT §3.6: the video tubes of a small TubeViT into the (large) target's tokenizer; the
   target's image tube is left alone. Hidden sizes may differ (projection())."""
-  s, t = inflate_lib.flatten(src), inflate_lib.flatten(params)
+  s, t = weights.flatten(src), weights.flatten(params)
   image_tube = config_lib.model_config(model_cfg).image_tube
   new, report = dict(t), []
   i = 0
@@ -144,10 +123,10 @@ def take_tubes(src: dict, params: dict, model_cfg, *, kind: str = 'orthogonal', 
       i += 1
       continue
     if key not in s:
-      raise vit_lib.CheckpointMismatch('tubes_from checkpoint', missing=[key])
+      raise weights.CheckpointMismatch('tubes_from checkpoint', missing=[key])
     ks, kt = s[key], t[key]
     if ks.shape[:-1] != kt.shape[:-1]:
-      raise vit_lib.CheckpointMismatch('tubes_from checkpoint', shapes=[(key, ks.shape, kt.shape)])
+      raise weights.CheckpointMismatch('tubes_from checkpoint', shapes=[(key, ks.shape, kt.shape)])
     proj = projection(ks.shape[-1], kt.shape[-1], kind, seed)
     new[key] = (np.asarray(ks) @ proj).astype(kt.dtype)
     new[f'tokenizer/convs/{i}/bias'] = (np.asarray(s[f'tokenizer/convs/{i}/bias']) @ proj).astype(
@@ -159,7 +138,7 @@ def take_tubes(src: dict, params: dict, model_cfg, *, kind: str = 'orthogonal', 
   if not report:
     raise ValueError('config.init_from.tubes_from: the target has no video tube besides the image '
                      'tube (config.model.tube_variant must be conv).')
-  return inflate_lib.unflatten_like(new, params), report
+  return weights.unflatten_like(params, new), report
 
 
 def initial_params(config, params: dict) -> tuple[dict, list[str]]:
@@ -174,12 +153,12 @@ def initial_params(config, params: dict) -> tuple[dict, list[str]]:
     params, lines = inflate_lib.inflate(vit, params, config.model, init)
     report += lines
   elif kind == 'checkpoint':
-    src = read_checkpoint_params(init.path, int(init.get('step', -1)))
+    src = run.read_params(init.path, int(init.get('step', -1)))
     report.append(f'init_from checkpoint {init.path}')
     params, lines = merge_checkpoint(src, params, keep_heads=bool(init.get('keep_heads', False)))
     report += lines
   if init.get('tubes_from', ''):
-    src = read_checkpoint_params(init.tubes_from)
+    src = run.read_params(init.tubes_from)
     params, lines = take_tubes(src, params, config.model, kind=init.get('tube_projection',
                                                                          'orthogonal'),
                                seed=int(config.get('seed', 0)))
@@ -193,7 +172,6 @@ def apply(config, params, shardings) -> tuple[dict, list[str]]:
   if not (config.init_from.get('kind', '') or config.init_from.get('tubes_from', '')):
     return params, []
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     host = multihost_utils.process_allgather(params, tiled=True)
   else:
     host = jax.device_get(params)

@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from sparse_tubes.pretrained import hf
+from sparse_tubes.pretrained import hf, weights
 
 RENAMES = (
     (r'^cls_token$', 'timesformer.embeddings.cls_token'),
@@ -96,7 +96,7 @@ def infer_config(sd: dict, *, num_heads: int | None = None, num_frames: int | No
 def convert(obj, *, num_heads: int | None = None, num_frames: int | None = None,
             source: str = '') -> hf.Imported:
   """A loaded .pyth object (or its model_state dict) -> `hf.Imported` in our layout."""
-  sd = {k: np.asarray(v) for k, v in hf._to_numpy(model_state(obj)).items()}
+  sd = {k: np.asarray(v) for k, v in weights.to_numpy(model_state(obj)).items()}
   cfg = infer_config(sd, num_heads=num_heads, num_frames=num_frames)
   imported = hf.convert_state_dict(to_hf_keys(sd), cfg, source=source)
   # The official space-only model averages the per-frame class tokens before the final norm.
@@ -105,4 +105,4 @@ def convert(obj, *, num_heads: int | None = None, num_frames: int | None = None,
 
 
 def load(path: str, *, num_heads: int | None = None, num_frames: int | None = None) -> hf.Imported:
-  return convert(hf._torch_load(path), num_heads=num_heads, num_frames=num_frames, source=path)
+  return convert(weights.torch_load(path), num_heads=num_heads, num_frames=num_frames, source=path)

@@ -20,7 +20,8 @@ Layouts (`load(path)` tells them apart by their keys):
         '[encoder.]layer[s].{i}.{layernorm_before, attention.{q,k,v,o}_proj |
         attention.attention.{query,key,value} + attention.output.dense, layernorm_after,
         mlp.fc1|intermediate.dense, mlp.fc2|output.dense}', 'layernorm', 'classifier'.
-PyTorch files (.pth/.pt/.bin, or .safetensors) need torch (imported only then).
+PyTorch files (.pth/.pt/.bin) need torch, imported only then (weights.read_torch); .safetensors
+files do not.
 
 Canonical dict (numpy, our names; `ImageViT`):
   patch/kernel (ph,pw,C,D), patch/bias (D,)
@@ -40,6 +41,8 @@ import os
 import re
 
 import numpy as np
+
+from sparse_tubes.pretrained.weights import CheckpointMismatch, flatten, read_torch
 
 
 @dataclasses.dataclass
@@ -65,44 +68,12 @@ class ImageViT:
     return int(self.params['blocks/0/mlp/fc1/kernel'].shape[1])
 
 
-class CheckpointMismatch(ValueError):
-  """Keys or shapes of a checkpoint that do not fit: all of them listed at once."""
-
-  def __init__(self, what: str, missing=(), unexpected=(), shapes=()):
-    lines = [f'{what} does not fit:']
-    if missing:
-      lines.append(f'  missing keys ({len(missing)}): ' + ', '.join(sorted(missing)))
-    if unexpected:
-      lines.append(f'  unexpected keys ({len(unexpected)}): ' + ', '.join(sorted(unexpected)))
-    for key, have, want in shapes:
-      lines.append(f'  shape mismatch: {key} is {tuple(have)}, expected {tuple(want)}')
-    super().__init__('\n'.join(lines))
-    self.missing, self.unexpected, self.shapes = list(missing), list(unexpected), list(shapes)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reading files.
 
 def read_npz(path: str) -> dict:
   with np.load(path, allow_pickle=False) as f:
     return {k: np.asarray(f[k]) for k in f.files}
-
-
-def read_torch(path: str) -> dict:
-  """A PyTorch state dict as numpy arrays (torch imported here only)."""
-  if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
-    return {k: np.asarray(v) for k, v in load_file(path).items()}
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f'{path} is a PyTorch checkpoint: install torch to read it '
-                      '(pip install torch --index-url https://download.pytorch.org/whl/cpu).') from e
-  sd = torch.load(path, map_location='cpu', weights_only=True)
-  for key in ('model', 'state_dict', 'model_state'):   # training checkpoints wrap the state dict
-    if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
-      sd = sd[key]
-  return {k: v.detach().float().numpy() for k, v in sd.items() if hasattr(v, 'detach')}
 
 
 def load(path: str, kind: str | None = None) -> ImageViT:
@@ -357,11 +328,25 @@ def _finish(vit: ImageViT) -> ImageViT:
 # Our own image model -> canonical -> .npz: to save an image ViT trained here in the layout every
 # tool reads (the scaling experiment does), and for the test fixtures.
 
+def _flat_attention(name: str, v) -> np.ndarray:
+  """Our (D, H, hd) / (H, hd, D) / (H, hd) attention arrays as the canonical (D, D) / (D,); other
+  arrays unchanged."""
+  v = np.asarray(v)
+  if not name.startswith('attention/'):
+    return v
+  if name.endswith(('query', 'key', 'value')):
+    return v.reshape(v.shape[0], -1)
+  if name.endswith('out'):
+    return v.reshape(-1, v.shape[-1])
+  if name.endswith('_bias') and v.ndim == 2:
+    return v.reshape(-1)
+  return v
+
+
 def from_model_params(params: dict, *, image_tube: int = 0) -> ImageViT:
   """Canonical ImageViT from the pure-dict params of one of our image models: a single-stack
   VideoViT with 'learned' position embeddings, joint attention and no scan (an image ViT)."""
-  from sparse_tubes.pretrained import inflate  # flat helpers
-  flat = inflate.flatten(params)
+  flat = flatten(params)
   out = {}
   tok = flat.get(f'tokenizer/convs/{image_tube}/kernel')
   if tok is None or tok.shape[0] != 1:
@@ -379,27 +364,14 @@ def from_model_params(params: dict, *, image_tube: int = 0) -> ImageViT:
     m = re.fullmatch(r'encoder/blocks/(\d+)/(.*)', k)
     if m:
       name = m.group(2)
-      if name.startswith('attention/'):
-        if name.endswith(('query', 'key', 'value')):
-          num_heads = v.shape[1]
-          v = v.reshape(v.shape[0], -1)
-        elif name.endswith('out'):
-          v = v.reshape(-1, v.shape[-1])
-        elif name.endswith('_bias') and v.ndim == 2:
-          v = v.reshape(-1)
-      out[f'blocks/{m.group(1)}/{name}'] = np.asarray(v)
+      if name.startswith('attention/') and name.endswith(('query', 'key', 'value')):
+        num_heads = v.shape[1]
+      out[f'blocks/{m.group(1)}/{name}'] = _flat_attention(name, v)
     elif k.startswith('encoder/norm/'):
       out['norm/' + k.split('/')[-1]] = np.asarray(v)
     elif k.startswith('pool/'):
       name = k[len('pool/'):]
-      if name.startswith('attention/'):
-        if name.endswith(('query', 'key', 'value')):
-          v = v.reshape(v.shape[0], -1)
-        elif name.endswith('out'):
-          v = v.reshape(-1, v.shape[-1])
-        elif name.endswith('_bias') and v.ndim == 2:
-          v = v.reshape(-1)
-      out[k] = np.asarray(v)
+      out[k] = _flat_attention(name, v)
   heads = sorted({k.split('/')[1] for k in flat if k.startswith('heads/')})
   if len(heads) == 1:
     out['head/kernel'] = np.asarray(flat[f'heads/{heads[0]}/kernel'])

@@ -1,5 +1,6 @@
 """The training loop: data -> jitted step -> metrics, checkpoints, resumption, preemption."""
 import os
+import re
 
 import jax
 from absl import logging
@@ -7,19 +8,11 @@ from clu import parameter_overview
 from flax import nnx
 
 from sparse_tubes import config as config_lib
-from sparse_tubes.data import builtin, pipeline
+from sparse_tubes import run
+from sparse_tubes.data import pipeline
+from sparse_tubes.evaluator import Evaluator
 from sparse_tubes.pretrained import init as init_lib
-from sparse_tubes.train import checkpoint, metrics, optim, sharding, state as state_lib, step as step_lib
-
-
-def prepare_data(config):
-  """Builds the built-in dataset if needed; fails with the fix when a dataset is missing."""
-  data_dir = builtin.resolve_data_dir(config.data_dir)
-  infos = {}
-  for name, ds in config.datasets.items():
-    builtin.ensure_built(ds.tfds_name, data_dir)
-    infos[name] = pipeline.dataset_info(ds, data_dir)
-  return data_dir, infos
+from sparse_tubes.train import metrics, optim, preemption, sharding, state as state_lib, step as step_lib
 
 
 def _size(tree, name: str) -> int:
@@ -31,7 +24,6 @@ def _size(tree, name: str) -> int:
 
 def _group(names) -> str:
   """'encoder/blocks/0 (12 arrays), ..., tokenizer/convs/3/kernel' for the log."""
-  import re
   groups = {}
   for n in names:
     m = re.match(r'((?:spatial_|temporal_)?encoder/blocks/\d+)/', n)
@@ -40,27 +32,19 @@ def _group(names) -> str:
   return ', '.join(f'{k} ({v} arrays)' if v > 1 else k for k, v in groups.items())
 
 
-def save_config(config, workdir: str):
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-
-
 def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   """Trains until `config.total_steps` (or until `stop_after_steps` more steps, which tests use to
   simulate a job that stops). Resumes from the latest checkpoint in `workdir`."""
   config_lib.validate(config)
   init_lib.validate(config)
-  mesh = sharding.make_mesh(config.mesh)
-  rules = sharding.rules_tuple(config.sharding_rules)
-  data_dir, infos = prepare_data(config)
-  num_classes = {n: i.num_classes for n, i in infos.items()}
+  mesh, rules = run.mesh_and_rules(config)
+  data_dir, infos = run.dataset_infos(config)
+  num_classes = run.num_classes(config, infos)
   total_steps = config_lib.total_steps(
       config, {n: i.num_examples[config.datasets[n].train_split] for n, i in infos.items()})
-  save_config(config, workdir)
+  run.save_workdir(config, workdir, command='train')
 
-  spec = state_lib.model_spec(config.model, num_classes, mesh, rules)
+  spec = run.model_spec(config, num_classes, mesh, rules)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   tx, frozen = optim.with_freeze(tx, spec.abstract_params, config.get('freeze', None))
   if jax.process_index() == 0:  # The full parameter table, for reading after the fact.
@@ -82,7 +66,7 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
                                  name=n)
       for n, ds in config.datasets.items()}
 
-  ckpt = checkpoint.Checkpointer(workdir, keep=config.keep_checkpoints,
+  ckpt = run.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
   start = ckpt.latest_step()
   if start is not None:
@@ -109,10 +93,9 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   examples = sum(ds.batch_size for ds in config.datasets.values())
   progress = metrics.ReportProgress(total_steps, examples, start)
   profile = metrics.Profile(config.profile, os.path.join(workdir, 'tensorboard'))
-  guard = checkpoint.PreemptionGuard()
+  guard = preemption.PreemptionGuard()
   evaluator = None
   if config.eval_every_steps:
-    from sparse_tubes.evaluate import Evaluator  # evaluate imports this module.
     evaluator = Evaluator(config, spec, mesh, rules, data_dir, infos)
   pending, last = [], {}
   end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)

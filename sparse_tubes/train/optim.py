@@ -1,4 +1,6 @@
 """Optimizer and learning-rate schedule from `config.optimizer`."""
+import re
+
 import jax
 import optax
 
@@ -57,7 +59,6 @@ def frozen_mask(params, freeze_cfg) -> tuple[dict, list[str]]:
   """(bool tree, frozen names) from `config.freeze`: parameter names ('/'-joined paths, e.g.
   'encoder/blocks/0/attention/query') matching any regex of `patterns` (re.search), plus the
   encoder blocks before `layers_before` (TubeViT §3.6: freeze the layers before layer k)."""
-  import re
   patterns = tuple(freeze_cfg.get('patterns', ()) or ()) if freeze_cfg else ()
   if isinstance(patterns, str):
     patterns = (patterns,)

@@ -46,20 +46,11 @@ def rules_tuple(rules) -> tuple:
   return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
-def logical_spec(names: Sequence[str | None], rules) -> P:
-  table = dict(rules_tuple(rules))
-  return P(*(table.get(n) if n is not None else None for n in names))
-
-
 def batch_axes(rules) -> tuple[str, ...]:
   axes = dict(rules_tuple(rules)).get('batch')
   if axes is None:
     return ()
   return (axes,) if isinstance(axes, str) else tuple(axes)
-
-
-def data_parallel_size(mesh: Mesh, rules) -> int:
-  return math.prod(mesh.shape[a] for a in batch_axes(rules))
 
 
 def batch_sharding(mesh: Mesh, rules, ndim: int) -> NamedSharding:

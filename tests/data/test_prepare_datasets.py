@@ -12,7 +12,7 @@ import pytest
 from sparse_tubes import defaults
 from sparse_tubes.data import builtin
 from sparse_tubes.data import pipeline
-from sparse_tubes.data import prepare
+from sparse_tubes.data import prepare, video_builder
 from sparse_tubes.data import transforms
 from sparse_tubes.data import video_io
 
@@ -160,7 +160,7 @@ def test_kinetics_counts_labels_and_report(prepared):
                        ('validation', 'missingclip_000003_000013'): 'missing'}
   assert report['splits']['train'] == {'videos': 9, 'written': 7, 'frames': 140, 'unusable': 2,
                                        'reasons': {'undecodable': 1, 'truncated': 1}}
-  with open(os.path.join(data_dir, 'kinetics400', '10fps_32px', prepare.REPORT_NAME)) as f:
+  with open(os.path.join(data_dir, 'kinetics400', '10fps_32px', video_builder.REPORT_NAME)) as f:
     assert json.load(f) == report
   # The work shards are gone once the dataset is complete.
   assert not os.path.exists(os.path.join(data_dir, 'kinetics400', '10fps_32px', '_work'))

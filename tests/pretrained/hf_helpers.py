@@ -6,7 +6,7 @@ import numpy as np
 from flax import nnx
 
 from sparse_tubes.models import video_vit
-from sparse_tubes.pretrained import hf
+from sparse_tubes.pretrained import hf, weights
 
 T, SIZE, CLASSES = 4, 32, 5
 
@@ -52,7 +52,7 @@ def ours(imported: hf.Imported, dataset: str = 'hf', **model_overrides):
   state = nnx.state(model, nnx.Param)
   flat = dict(imported.params)
   flat[f'heads/{dataset}/kernel'], flat[f'heads/{dataset}/bias'] = imported.head
-  params = hf.unflatten_like(nnx.to_pure_dict(state), flat)
+  params = weights.unflatten_like(nnx.to_pure_dict(state), flat)
   nnx.replace_by_pure_dict(state, params)
   nnx.update(model, state)
   return model

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from sparse_tubes.pretrained import hf, timesformer_official  # noqa: E402
+from sparse_tubes.pretrained import hf, timesformer_official, weights  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 
 
@@ -83,13 +83,13 @@ def test_timesformer_without_prefix_and_key_errors(divided):
   broken = dict(sd)
   del broken['timesformer.encoder.layer.1.temporal_dense.weight']
   broken['timesformer.encoder.layer.9.extra.weight'] = np.zeros(3, np.float32)
-  with pytest.raises(hf.KeyMismatch) as e:
+  with pytest.raises(weights.CheckpointMismatch) as e:
     hf.convert_state_dict(broken, cfg)
   msg = str(e.value)
   assert 'missing keys (1): encoder.layer.1.temporal_dense.weight' in msg
   assert 'unexpected keys (1): encoder.layer.9.extra.weight' in msg
   wrong = dict(cfg, num_hidden_layers=3)
-  with pytest.raises(hf.KeyMismatch, match='encoder.layer.2'):
+  with pytest.raises(weights.CheckpointMismatch, match='encoder.layer.2'):
     hf.convert_state_dict(sd, wrong)
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from sparse_tubes.models import tokenizers
 from sparse_tubes.pretrained import inflate
-from sparse_tubes.pretrained.vit import CheckpointMismatch
+from sparse_tubes.pretrained.weights import CheckpointMismatch
 import vit_helpers as H
 
 T = 4

@@ -3,8 +3,8 @@ import jax
 import numpy as np
 import pytest
 
-from sparse_tubes import defaults
-from sparse_tubes.pretrained import inflate, init as init_lib, vit
+from sparse_tubes import defaults, run
+from sparse_tubes.pretrained import inflate, init as init_lib, vit, weights
 from sparse_tubes.train import loop
 import vit_helpers as H
 
@@ -47,13 +47,13 @@ def test_train_inflates_from_npz_and_freezes(tmp_path, make_config, capsys):
   assert 'Frozen (config.freeze): 18 parameter arrays' in out
   assert 'encoder/blocks/0 (16 arrays), tokenizer/convs/3/bias, tokenizer/convs/3/kernel' in out
 
-  after = inflate.flatten(init_lib.read_checkpoint_params(workdir))
+  after = weights.flatten(run.read_params(workdir))
   # What the inflation gives for the same model, from scratch.
   from flax import nnx
   from sparse_tubes.models import video_vit
   fresh = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(video_vit.build_model(
       config.model, {'shapes_image': 3, 'shapes_video': 8}, rngs=nnx.Rngs(params=0)), nnx.Param)))
-  want = inflate.flatten(inflate.inflate(vit.load(npz), fresh, config.model, config.init_from)[0])
+  want = weights.flatten(inflate.inflate(vit.load(npz), fresh, config.model, config.init_from)[0])
   for k in ('tokenizer/convs/3/kernel', 'encoder/blocks/0/attention/query', 'encoder/blocks/0/norm1/scale'):
     np.testing.assert_array_equal(after[k], want[k])          # frozen: still the image ViT's
   for k in ('encoder/blocks/1/attention/query', 'tokenizer/convs/0/kernel'):
@@ -64,7 +64,7 @@ def test_train_inflates_from_npz_and_freezes(tmp_path, make_config, capsys):
   config2.init_from.kind = 'checkpoint'
   config2.init_from.path = workdir
   got, report = init_lib.initial_params(config2, fresh)
-  got = inflate.flatten(got)
+  got = weights.flatten(got)
   assert any('from the checkpoint' in r for r in report)
   for k in after:
     if k.startswith('heads/'):
@@ -81,7 +81,7 @@ def test_checkpoint_merge_across_head_changes():
   np.testing.assert_array_equal(got['w'], 1)
   np.testing.assert_array_equal(got['heads']['a']['kernel'], 0)
   assert any('gates/alpha' in r for r in report)
-  with pytest.raises(vit.CheckpointMismatch, match=r'heads/a/kernel is \(2, 5\), expected \(2, 3\)'):
+  with pytest.raises(weights.CheckpointMismatch, match=r'heads/a/kernel is \(2, 5\), expected \(2, 3\)'):
     init_lib.merge_checkpoint(src, dst, keep_heads=True)
-  with pytest.raises(vit.CheckpointMismatch, match=r'w is \(2, 3\), expected \(3, 3\)'):
+  with pytest.raises(weights.CheckpointMismatch, match=r'w is \(2, 3\), expected \(3, 3\)'):
     init_lib.merge_checkpoint(src, {'w': np.zeros((3, 3))})

@@ -7,7 +7,7 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from sparse_tubes.pretrained import vit  # noqa: E402
+from sparse_tubes.pretrained import vit, weights  # noqa: E402
 import vit_helpers as H  # noqa: E402
 
 LAYOUTS = ('hf_vit', 'timm', 'torchvision', 'vit_npz', 'big_vision_npz', 'safetensors')
@@ -70,18 +70,18 @@ def test_mismatch_lists_missing_unexpected_and_shapes(hf, tmp_path):
   t = H.hf_to_timm(sd)
   del t['blocks.1.norm1.weight']
   t['blocks.0.extra.weight'] = np.zeros(3, np.float32)
-  with pytest.raises(vit.CheckpointMismatch) as e:
+  with pytest.raises(weights.CheckpointMismatch) as e:
     vit.from_torch(t)
   msg = str(e.value)
   assert 'missing keys (1): blocks.1.norm1.weight' in msg and 'blocks.0.extra.weight' in msg
   t = H.hf_to_timm(sd)
   t['blocks.0.norm2.bias'] = np.zeros(7, np.float32)
-  with pytest.raises(vit.CheckpointMismatch, match=r'blocks/0/norm2/bias is \(7,\), expected \(32,\)'):
+  with pytest.raises(weights.CheckpointMismatch, match=r'blocks/0/norm2/bias is \(7,\), expected \(32,\)'):
     vit.from_torch(t)
   npz = H.timm_to_npz(H.hf_to_timm(sd))
   npz['Transformer/encoderblock_0/MlpBlock_3/Dense_9/kernel'] = np.zeros(2)
   del npz['Transformer/encoder_norm/scale']
-  with pytest.raises(vit.CheckpointMismatch, match=r'(?s)missing keys.*encoder_norm/scale.*'
+  with pytest.raises(weights.CheckpointMismatch, match=r'(?s)missing keys.*encoder_norm/scale.*'
                                                    r'unexpected keys.*Dense_9'):
     vit.from_npz(npz)
 
@@ -89,7 +89,7 @@ def test_mismatch_lists_missing_unexpected_and_shapes(hf, tmp_path):
 def test_wrong_width_for_the_config_names_it(hf):
   _, sd, _, _ = hf
   loaded = vit.from_torch(sd)
-  with pytest.raises(vit.CheckpointMismatch, match=r'hidden_size is \(32,\), expected \(64,\)'):
+  with pytest.raises(weights.CheckpointMismatch, match=r'hidden_size is \(32,\), expected \(64,\)'):
     H.model_from(loaded, H.image_model_cfg(hidden_size=64, mlp_dim=64))
   with pytest.raises(FileNotFoundError, match='init_from.path'):
     vit.load('/nonexistent/vit.npz')

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from sparse_tubes.train import checkpoint, loop
+from sparse_tubes import run
+from sparse_tubes.train import loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -50,7 +51,7 @@ def test_killed_run_resumes(sig, tiny_data_dir, make_config, tmp_path):
     out, _ = proc.communicate(timeout=120)
   finally:
     proc.kill()
-  latest = checkpoint.Checkpointer(workdir, read_only=True).latest_step()
+  latest = run.Checkpointer(workdir, read_only=True).latest_step()
   assert latest is not None and latest >= 3
   if sig == signal.SIGTERM:
     assert proc.returncode == 0, out[-2000:]

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from sparse_tubes.train import checkpoint, loop, metrics
+from sparse_tubes import run
+from sparse_tubes.train import loop, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -45,7 +46,7 @@ def test_train_writes_logs_checkpoints_config(uninterrupted):
   evals = [r for r in rows if 'eval/top1/shapes_video' in r]
   assert [r['step'] for r in evals] == [3, 6]  # config.eval_every_steps=3, during training
   assert all(0 <= r['eval/top1/shapes_image'] <= r['eval/top5/shapes_image'] <= 1 for r in evals)
-  assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
+  assert run.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['total_steps'] == 6
   with open(os.path.join(workdir, 'parameters.txt')) as f:
@@ -59,7 +60,7 @@ def test_resume_sees_the_same_batches(uninterrupted, make_config, tmp_path):
   workdir = str(tmp_path)
   first = loop.train(make_config(), workdir, stop_after_steps=4)
   assert first['step'] == 4
-  assert checkpoint.Checkpointer(workdir, read_only=True).latest_step() == 3
+  assert run.Checkpointer(workdir, read_only=True).latest_step() == 3
   loop.train(make_config(), workdir)
   resumed, steps = losses(workdir)
   expected, _ = losses(full_workdir)
@@ -114,7 +115,7 @@ def test_bfloat16_compute_with_float32_params_and_profile(make_config, tmp_path)
   mesh = sharding.make_mesh(config.mesh)
   spec = state_lib.model_spec(config.model, {'shapes_video': 8, 'shapes_image': 3}, mesh,
                               config.sharding_rules)
-  params = checkpoint.Checkpointer(workdir, read_only=True).restore_params(
+  params = run.Checkpointer(workdir, read_only=True).restore_params(
       4, state_lib.abstract_params(spec))
   assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype('float32')}
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'plugins', 'profile', '*', '*.xplane.pb'))

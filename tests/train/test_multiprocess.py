@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from sparse_tubes.train import checkpoint
+from sparse_tubes import run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -52,4 +52,4 @@ def test_two_processes_train_and_evaluate(tiny_data_dir, tmp_path):
   assert results[0]['loss'] == results[1]['loss']
   assert results[0]['video'] == results[1]['video']
   assert results[0]['video']['num_views'] == 16 * 2 * 3  # 16 test videos x 2 temporal x 3 spatial
-  assert checkpoint.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
+  assert run.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]

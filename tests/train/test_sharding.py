@@ -1,4 +1,3 @@
-import jax
 import ml_collections
 import numpy as np
 import pytest
@@ -30,8 +29,6 @@ def test_mesh_errors(cfg, n, msg):
 
 def test_logical_rules():
   rules = sharding.rules_tuple(defaults.base().sharding_rules)
-  assert sharding.logical_spec(('batch', 'tokens', 'embed'), rules) == P(('data', 'fsdp'), None, 'fsdp')
-  assert sharding.logical_spec(('embed', 'mlp'), rules) == P('fsdp', 'tensor')
   assert sharding.batch_axes(rules) == ('data', 'fsdp')
 
 
@@ -42,4 +39,4 @@ def test_global_batch_single_device():
   g = sharding.global_batch(local, mesh, rules)
   assert g['inputs'].shape == (4, 2, 3)
   np.testing.assert_array_equal(np.asarray(g['label']), np.arange(4))
-  assert sharding.data_parallel_size(mesh, rules) == jax.device_count()
+  assert g['inputs'].sharding.spec == P(('data', 'fsdp'), None, None)

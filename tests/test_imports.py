@@ -1,0 +1,101 @@
+"""The package's import graph has no cycle, counting imports inside functions too: an import moved
+into a function to dodge a circle would still be a circle, only one that fails later and more
+confusingly. Function-level imports are fine for laziness (torch, the CLI's commands); they are
+simply counted here like any other."""
+import ast
+import os
+
+import pytest
+
+import sparse_tubes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sparse_tubes.__file__)))
+# (importer, imported) pairs left out of the graph, each with its reason. Empty: none needed.
+ALLOWED: set[tuple[str, str]] = set()
+
+
+def _modules() -> dict[str, str]:
+  out = {}
+  for dirpath, _, files in os.walk(os.path.join(ROOT, 'sparse_tubes')):
+    for f in files:
+      if f.endswith('.py'):
+        path = os.path.join(dirpath, f)
+        name = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+        out[name.removesuffix('.__init__')] = path
+  return out
+
+
+def import_graph() -> dict[str, dict[str, int]]:
+  """{module: {imported module: line}} over every import statement of the package (module level
+  or inside functions). `from a.b import c` points at a.b.c when that is a module, else at a.b."""
+  modules = _modules()
+  graph = {m: {} for m in modules}
+  for name, path in modules.items():
+    with open(path) as f:
+      tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+      if isinstance(node, ast.Import):
+        targets = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+        targets = [f'{node.module}.{a.name}' if f'{node.module}.{a.name}' in modules
+                   else node.module for a in node.names]
+      else:
+        continue
+      for t in targets:
+        while t and t not in modules:  # `import a.b.c.func`-style names: the module holding them
+          t = t.rpartition('.')[0]
+        if t and t != name and (name, t) not in ALLOWED:
+          graph[name].setdefault(t, node.lineno)
+  return graph
+
+
+def find_cycle(graph: dict[str, dict[str, int]]) -> list[str] | None:
+  """One cycle as [a, b, ..., a], or None."""
+  state, stack = {}, []
+
+  def visit(m):
+    state[m] = 'open'
+    stack.append(m)
+    for n in sorted(graph[m]):
+      if state.get(n) == 'open':
+        return stack[stack.index(n):] + [n]
+      if n not in state:
+        found = visit(n)
+        if found:
+          return found
+    stack.pop()
+    state[m] = 'done'
+    return None
+
+  for m in sorted(graph):
+    if m not in state:
+      found = visit(m)
+      if found:
+        return found
+  return None
+
+
+def test_no_import_cycles():
+  graph = import_graph()
+  cycle = find_cycle(graph)
+  assert cycle is None, 'import cycle: ' + ' -> '.join(
+      f'{a} (line {graph[a][b]})' for a, b in zip(cycle, cycle[1:])) + f' -> {cycle[-1]}'
+
+
+def test_the_checker_finds_a_function_level_cycle():
+  graph = {'a': {'b': 1}, 'b': {'c': 3}, 'c': {'a': 7}, 'd': {'a': 2}}
+  assert find_cycle(graph) == ['a', 'b', 'c', 'a']
+  del graph['c']['a']
+  assert find_cycle(graph) is None
+
+
+@pytest.mark.parametrize('module', ['sparse_tubes.run', 'sparse_tubes.train.loop',
+                                    'sparse_tubes.evaluate', 'sparse_tubes.predict',
+                                    'sparse_tubes.convert', 'sparse_tubes.info'])
+def test_commands_do_not_import_torch(module):
+  """torch is read only where PyTorch files are (pretrained/weights.py, inside a function)."""
+  import subprocess
+  import sys
+  code = f'import sys, {module}; print("torch" in sys.modules)'
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+  assert out.stdout.strip() == 'False'
