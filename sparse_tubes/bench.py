@@ -279,15 +279,16 @@ def _prepare_mini(base, ds, tmp, workers, quiet):
   return source_dir
 
 
-def bench_data(config_path, *, data_dir=None, workers=None, seconds=3.0, repeats=3, mini=False,
+def bench_data(config, *, data_dir=None, workers=None, seconds=3.0, repeats=3, mini=False,
                as_json=False, synthetic=True) -> list:
-  """Measures every dataset of the config (and, with `synthetic`, the reference clip sets);
-  returns the result dicts (printed as a table, or one JSON object a line with `as_json`)."""
+  """Measures every dataset of the config (a path or a ConfigDict) and, with `synthetic`, the
+  reference clip sets; returns the result dicts (printed as a table, or one JSON object a line
+  with `as_json`)."""
   from sparse_tubes import config as config_lib
   from sparse_tubes import defaults
   from sparse_tubes.data import builtin
   from sparse_tubes.data import prepare
-  cfg = config_lib.load(config_path)
+  cfg = config_lib.load(config) if isinstance(config, str) else config
   workers = workers if workers is not None else (cfg.grain.worker_count or _cores())
   data_dir = builtin.resolve_data_dir(data_dir or cfg.data_dir)
   required = required_per_core(cfg)
