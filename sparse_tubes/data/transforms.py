@@ -225,7 +225,8 @@ def crop_resize(frames, box, size: int) -> np.ndarray:
   the output's pixels, not the resized frame's."""
   h, w = frames[0].shape[:2]
   y0, x0 = min(int(round(box[0])), h - 1), min(int(round(box[1])), w - 1)
-  y1, x1 = max(min(int(round(box[0] + box[2])), h), y0 + 1), max(min(int(round(box[1] + box[3])), w), x0 + 1)
+  y1 = max(min(int(round(box[0] + box[2])), h), y0 + 1)
+  x1 = max(min(int(round(box[1] + box[3])), w), x0 + 1)
   interp = cv2.INTER_AREA if min(y1 - y0, x1 - x0) > size else cv2.INTER_LINEAR
   out = np.empty((len(frames), size, size, frames[0].shape[2]), frames[0].dtype)
   for i, f in enumerate(frames):
