@@ -1,7 +1,7 @@
 """Input-pipeline benchmark: decode + augment throughput per core, against what a TPU host needs.
 
   python -m sparse_tubes.bench data --config=configs/data/kinetics400.py [--data_dir=DIR]
-      [--workers=N] [--seconds=S] [--repeats=R] [--mini] [--json]
+      [--workers=N] [--seconds=S] [--repeats=R] [--mini] [--json] [--[no-]synthetic]
 
 For every dataset of the config (at its clip size, sampling and augmentation):
   - videos: on the prepared dataset when `data_dir` holds it; with --mini (or when it is not
@@ -369,12 +369,13 @@ def main(argv=None):
   parser.add_argument('--mini', action='store_true',
                       help='bench on mini releases even where data_dir holds the dataset')
   parser.add_argument('--json', action='store_true', help='one JSON object per line')
-  parser.add_argument('--no_synthetic', action='store_true',
-                      help='data: skip the synthetic reference clip sets')
+  parser.add_argument('--synthetic', action=argparse.BooleanOptionalAction, default=None,
+                      help='data: also measure the synthetic reference clip sets (default: in the '
+                           'table, not with --json, which then prints one object per dataset)')
   args = parser.parse_args(argv)
   bench_data(args.config, data_dir=args.data_dir, workers=args.workers, seconds=args.seconds,
              repeats=args.repeats, mini=args.mini, as_json=args.json,
-             synthetic=not args.no_synthetic)
+             synthetic=not args.json if args.synthetic is None else args.synthetic)
 
 
 if __name__ == '__main__':

@@ -178,6 +178,12 @@ def test_reduced_scale_decoding_rule_and_result():
   data = transforms.encode_jpeg(image, quality=95)
   assert transforms.jpeg_size(data) == (600, 800)
   assert transforms.jpeg_size(b'not a jpeg') is None
+  # A PNG has no JPEG header to read the size from: decoded whole at full scale, same result.
+  png = __import__('cv2').imencode('.png', image[..., ::-1])[1].tobytes()
+  kw = dict(min_resize=600, max_resize=700, crop_size=112, flip=False)
+  np.testing.assert_array_equal(
+      transforms.train_spatial(transforms.EncodedClip(png), rng=np.random.default_rng(0), **kw),
+      transforms.train_spatial(image[None], rng=np.random.default_rng(0), **kw))
   kw = dict(min_resize=256, max_resize=256, crop_size=112, flip=True, crop='random_resized',
             rrc_scale=(0.5, 1.0))
   for seed in range(3):  # Boxes of 400+ px for a 112 crop: decoded at 1/2 or 1/4 scale.
