@@ -17,6 +17,8 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32) * 255
 # The Kinetics statistics that PySlowFast, the official TimeSformer and its HuggingFace port use.
 KINETICS_MEAN = np.array([0.45, 0.45, 0.45], np.float32) * 255
 KINETICS_STD = np.array([0.225, 0.225, 0.225], np.float32) * 255
+_MEAN_STD = {'minus_one_to_one': None, 'imagenet': (IMAGENET_MEAN, IMAGENET_STD),
+             'kinetics': (KINETICS_MEAN, KINETICS_STD)}  # (mean, std) of each normalization
 
 
 class DecodeError(ValueError):
@@ -283,18 +285,17 @@ def normalize(x: np.ndarray, method: str) -> np.ndarray:
   """uint8 -> float32: 'minus_one_to_one' gives [-1, 1]; 'imagenet' and 'kinetics' subtract the
   mean and divide by the std of those datasets (use 'kinetics' for converted TimeSformer
   checkpoints)."""
-  # In place on one float32 buffer: temporaries of a batch's size cost more than the arithmetic.
+  # Temporaries of a batch's size cost more than the arithmetic: one float32 buffer, in place.
+  if method not in _MEAN_STD:
+    raise ValueError(f'unknown normalization {method!r}; use one of {tuple(_MEAN_STD)}')
   if method == 'minus_one_to_one':
-    out = np.array(x, np.float32)  # Always a new array: the caller's stays as it is.
+    out = np.array(x, np.float32)  # A new array: the caller's stays as it is.
     out *= np.float32(1 / 127.5)
-    out -= 1
+    out -= 1  # Exactly -1 and 1 at 0 and 255.
     return out
-  if method not in ('imagenet', 'kinetics'):
-    raise ValueError(f'unknown normalization {method!r}')
-  mean, std = {'imagenet': (IMAGENET_MEAN, IMAGENET_STD),
-               'kinetics': (KINETICS_MEAN, KINETICS_STD)}[method]
-  # Per-channel constants: OpenCV's per-channel scalars on (rows, w, 3) beat numpy's broadcasting
-  # over a last axis of 3 by 4x, with the same float32 results.
+  # Per-channel constants: OpenCV's per-channel scalars beat numpy's broadcasting over a last axis
+  # of 3 by 4x, with the same float32 results.
+  mean, std = _MEAN_STD[method]
   shape = np.shape(x)
   flat = np.ascontiguousarray(x).reshape(-1, shape[-2] if len(shape) > 1 else 1, 3)
   out = cv2.subtract(flat, (*mean.tolist(), 0.0), dtype=cv2.CV_32F)
