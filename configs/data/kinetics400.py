@@ -1,11 +1,12 @@
 """Kinetics-400 input settings of TubeViT-B (32 frames at stride 2 from 25 fps clips, 224 crops from
 a short side jittered in [256, 320], RandAugment 2/9, 4 x 3 eval views) plus ImageNet-1k for
-co-training. Data only: model configs start from this one.
+co-training, and TubeViT-B as the model they are for (`bench data` sizes the host from it).
 
   python -m sparse_tubes prepare kinetics400 --manual_dir=/data/k400 --data_dir=/data/tfds
   python -m sparse_tubes.bench data --config=configs/data/kinetics400.py
 """
 from sparse_tubes import defaults
+from sparse_tubes import zoo
 
 
 def get_config(arg=None):
@@ -22,4 +23,6 @@ def get_config(arg=None):
       train_crop='random_resized', randaugment_layers=2, randaugment_magnitude=9, flip=True,
       loss_weight=0.5)
   c.grain.worker_count = 8
+  # The model these settings are for; `bench data` sizes what a TPU host needs from it.
+  zoo.tubevit(c, 'B')
   return c

@@ -1,9 +1,10 @@
 """Something-Something v2 input settings: 32 frames by segment sampling, no flips (they change the
-labels), random-resized crops to 224, RandAugment 2/9, 2 x 3 eval views. Data only.
+labels), random-resized crops to 224, RandAugment 2/9, 2 x 3 eval views; TubeViT-B as the model.
 
   python -m sparse_tubes prepare ssv2 --manual_dir=/data/ssv2 --data_dir=/data/tfds
 """
 from sparse_tubes import defaults
+from sparse_tubes import zoo
 
 
 def get_config(arg=None):
@@ -16,4 +17,6 @@ def get_config(arg=None):
       rrc_scale=(0.25, 1.0), randaugment_layers=2, randaugment_magnitude=9,
       eval_temporal_views=2, eval_spatial_views=3)
   c.grain.worker_count = 8
+  # The model these settings are for; `bench data` sizes what a TPU host needs from it.
+  zoo.tubevit(c, 'B')
   return c

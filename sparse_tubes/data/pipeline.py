@@ -194,14 +194,19 @@ def _frame_indices(spec: _Spec, n: int, rng, temporal_view: int) -> np.ndarray:
   return transforms.stride_indices(n, spec.num_frames, spec.frame_stride, start)
 
 
-def _decode(spec: _Spec, element, *, rng=None, temporal_view=0) -> np.ndarray:
-  """uint8 (t, h, w, 3) frames of one clip; only the sampled frames are decoded."""
+def _encoded(spec: _Spec, element, *, rng=None, temporal_view=0) -> transforms.EncodedClip:
+  """The sampled frames of one clip (one frame for an image), not decoded yet."""
   if spec.kind == 'image':
-    return transforms.decode_frames(element['image'])
+    return transforms.EncodedClip(element['image'])
   encoded = element['video']
   if len(encoded) == 0:
     raise transforms.DecodeError('video has no frames')
-  return transforms.decode_frames(encoded, _frame_indices(spec, len(encoded), rng, temporal_view))
+  return transforms.EncodedClip(encoded, _frame_indices(spec, len(encoded), rng, temporal_view))
+
+
+def _decode(spec: _Spec, element, *, rng=None, temporal_view=0) -> np.ndarray:
+  """uint8 (t, h, w, 3) frames of one clip; only the sampled frames are decoded."""
+  return _encoded(spec, element, rng=rng, temporal_view=temporal_view).decode()
 
 
 def _warn_corrupt(spec, element, error):
@@ -215,17 +220,16 @@ class _TrainTransform(grain.transforms.RandomMap):
 
   def random_map(self, element, rng: np.random.Generator):
     s = self.spec
-    try:
-      frames = _decode(s, element, rng=rng)
+    try:  # Decoded inside train_spatial, once the crop is drawn (at reduced scale if it allows).
+      frames = transforms.train_spatial(_encoded(s, element, rng=rng), min_resize=s.min_resize,
+                                        max_resize=s.max_resize, crop_size=s.crop_size,
+                                        flip=s.flip, rng=rng, crop=s.train_crop,
+                                        rrc_scale=s.rrc_scale, rrc_ratio=s.rrc_ratio,
+                                        randaugment_layers=s.randaugment_layers,
+                                        randaugment_magnitude=s.randaugment_magnitude)
     except transforms.DecodeError as e:
       _warn_corrupt(s, element, e)
       return None  # Dropped and counted by _SkipCorrupt.
-    frames = transforms.train_spatial(frames, min_resize=s.min_resize, max_resize=s.max_resize,
-                                      crop_size=s.crop_size, flip=s.flip, rng=rng,
-                                      crop=s.train_crop, rrc_scale=s.rrc_scale,
-                                      rrc_ratio=s.rrc_ratio,
-                                      randaugment_layers=s.randaugment_layers,
-                                      randaugment_magnitude=s.randaugment_magnitude)
     return {'inputs': frames if s.kind == 'video' else frames[0],
             'label': np.int32(element['label'])}
 
