@@ -44,6 +44,8 @@ import re
 
 import numpy as np
 
+from sparse_tubes.pretrained import optional
+
 MODEL_TYPES = ('timesformer', 'vivit')
 TIMESFORMER_ATTENTION = {'divided_space_time': 'divided', 'joint_space_time': 'joint',
                          'space_only': 'space'}
@@ -90,11 +92,7 @@ class KeyMismatch(ValueError):
 # ------------------------------------------------------------------------------------ reading
 
 def _torch_load(path: str) -> dict:
-  try:
-    import torch
-  except ImportError:
-    raise ImportError(f'{path} is a PyTorch pickle: reading it needs torch '
-                      "(pip install 'sparse_tubes[test]' or pip install torch).") from None
+  torch = optional('torch', f'{path} is a PyTorch pickle: reading it')
   obj = torch.load(path, map_location='cpu', weights_only=True)
   return obj
 
@@ -128,7 +126,7 @@ def read_state_dict(path: str) -> dict:
       sd.update(read_state_dict(os.path.join(os.path.dirname(path), name)))
     return sd
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
+    load_file = optional('safetensors.numpy', f'reading {path}').load_file
     return {k: np.asarray(v) for k, v in load_file(path).items()}
   return _to_numpy(_torch_load(path))
 
@@ -463,7 +461,7 @@ def to_state_dict(params_flat: dict, model: dict, *, head: tuple | None = None,
 def export(params_flat: dict, model: dict, out_dir: str, *, head: tuple,
            labels=None, layout: str = 'v5') -> str:
   """Writes config.json + model.safetensors for `*ForVideoClassification.from_pretrained`."""
-  from safetensors.numpy import save_file
+  save_file = optional('safetensors.numpy', 'writing a HuggingFace checkpoint').save_file
   num_labels = int(np.asarray(head[1]).shape[0])
   id2label = {i: str(n) for i, n in enumerate(labels)} if labels else None
   cfg = hf_config(model, num_labels=num_labels, id2label=id2label)

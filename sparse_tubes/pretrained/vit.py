@@ -41,6 +41,8 @@ import re
 
 import numpy as np
 
+from sparse_tubes.pretrained import optional
+
 
 @dataclasses.dataclass
 class ImageViT:
@@ -91,13 +93,9 @@ def read_npz(path: str) -> dict:
 def read_torch(path: str) -> dict:
   """A PyTorch state dict as numpy arrays (torch imported here only)."""
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
+    load_file = optional('safetensors.numpy', f'reading {path}').load_file
     return {k: np.asarray(v) for k, v in load_file(path).items()}
-  try:
-    import torch
-  except ImportError as e:
-    raise ImportError(f'{path} is a PyTorch checkpoint: install torch to read it '
-                      '(pip install torch --index-url https://download.pytorch.org/whl/cpu).') from e
+  torch = optional('torch', f'{path} is a PyTorch checkpoint: reading it')
   sd = torch.load(path, map_location='cpu', weights_only=True)
   for key in ('model', 'state_dict', 'model_state'):   # training checkpoints wrap the state dict
     if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
