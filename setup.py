@@ -6,6 +6,8 @@
   pip install '.[notebooks]'     + jupyter and matplotlib for notebooks/
   pip install '.[test]'          everything the test suite needs
 """
+import pathlib
+
 import setuptools
 
 BASE = [
@@ -41,7 +43,7 @@ setuptools.setup(
     name='sparse_tubes',
     version='0.1.0',
     description='TubeViT, ViViT and TimeSformer video transformers in JAX/Flax NNX',
-    long_description=open('README.md', encoding='utf-8').read(),
+    long_description=pathlib.Path(__file__).with_name('README.md').read_text(encoding='utf-8'),
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
     packages=setuptools.find_packages(include=['sparse_tubes', 'sparse_tubes.*']),
