@@ -46,6 +46,8 @@ def test_notebooks_are_stored_without_outputs():
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(FAST))
 def test_notebook_runs_and_draws(name, tiny_data_dir, tmp_path, monkeypatch):
+  if name == 'pretrained':
+    pytest.importorskip('transformers')   # the [torch] extra
   monkeypatch.setenv('SPARSE_TUBES_DATA_DIR', tiny_data_dir)   # the kernel inherits the environment
   monkeypatch.setenv('SPARSE_TUBES_NB_WORKDIR', str(tmp_path))
   monkeypatch.setenv('PYTHONPATH', os.pathsep.join([str(REPO), os.environ.get('PYTHONPATH', '')]))
