@@ -25,8 +25,7 @@ FAST = {
         "'--config.model.num_heads=2', '--config.model.mlp_dim=48', "
         "'--config.datasets.shapes_video.batch_size=8', '--config.datasets.shapes_image.batch_size=8']\n"
         "WORKDIR = os.environ['SPARSE_TUBES_NB_WORKDIR']\n"),
-    'pretrained': TINY_DATA + (
-        "TFDS_NAME = 'moving_shapes/video_tiny'\nWORKDIR = os.environ['SPARSE_TUBES_NB_WORKDIR']\n"),
+    'pretrained': "WORKDIR = os.environ['SPARSE_TUBES_NB_WORKDIR']\n",
     'plan_a_pod_job': "CONFIGS = ['kinetics400/vivit_b16x2_fe.py', 'kinetics400/tubevit_b.py']\n",
 }
 
