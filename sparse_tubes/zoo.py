@@ -2,7 +2,7 @@
 
 Config files stay a few lines long (big_vision's habit): they pick a backbone size, a dataset with the
 paper's clip settings and the paper's recipe from here, and change what they need. Every figure
-below names the paper table or section it comes from (DESIGN.md sections 2-4).
+below names the paper table or section it comes from.
 
   TubeViT      Piergiovanni, Kuo, Angelova, CVPR 2023 (arXiv 2212.03229)
   ViViT        Arnab et al., ICCV 2021 (arXiv 2103.15691)
@@ -46,7 +46,7 @@ TRAIN_EXAMPLES = {
     'imagenet2012': 1_281_167,
 }
 
-# TubeViT's main tube set, (t, h, w) order (paper §4.1 and Table 12, DESIGN §2). The last is the
+# TubeViT's main tube set, (t, h, w) order (paper §4.1 and Table 12). The last is the
 # 2D patch shared with images. 539 tokens on 32x224x224 (the paper says 559: see tokenizers.py).
 TUBEVIT_TUBES = (
     ((8, 8, 8), (16, 32, 32), (0, 0, 0)),
@@ -122,7 +122,7 @@ def vit(model: ml_collections.ConfigDict, size: str, **kw) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# TubeViT (DESIGN §2)
+# TubeViT (Piergiovanni et al., CVPR 2023)
 
 def tubevit(c: ml_collections.ConfigDict, size: str) -> None:
   """TubeViT-{B,L,H}: the four tubes of Table 12, fixed 3D sin/cos at tube centres, MAP head."""
@@ -172,7 +172,7 @@ def maybe_cotrain(c: ml_collections.ConfigDict, arg) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# ViViT (DESIGN §3)
+# ViViT (Arnab et al., ICCV 2021)
 
 def vivit_kinetics(tfds_name: str, num_frames: int = 32, views=(4, 3), **kw):
   """32 frames with a stride of 2 (ViViT §4.1 'Inference'), 224 px, batch 64, 4x3 views."""
@@ -193,7 +193,7 @@ def vivit_recipe(c: ml_collections.ConfigDict, tfds_name: str, *, epochs: float 
 
 
 # ---------------------------------------------------------------------------------------------
-# TimeSformer (DESIGN §4)
+# TimeSformer (Bertasius et al., ICML 2021)
 
 TIMESFORMER_CLIPS = {
     # setting: (frames, sampling stride, crop) -- §4 and Table 3: base 8x224 1-in-32,

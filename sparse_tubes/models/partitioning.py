@@ -1,4 +1,4 @@
-"""Logical axis names for parameters and activations (DESIGN §1: 'batch', 'tokens', 'embed', 'mlp',
+"""Logical axis names for parameters and activations ('batch', 'tokens', 'embed', 'mlp',
 'heads', 'kv', 'vocab'). The config's `sharding_rules` map them onto the mesh axes ('data', 'fsdp',
 'tensor'); with no mesh or no rules active everything here is a no-op, so the model runs unchanged on
 one CPU.

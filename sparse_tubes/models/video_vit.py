@@ -1,6 +1,6 @@
 """The model: tokenizer -> (+ position) -> encoder -> pooled representation -> head[dataset].
 
-Every paper model is a configuration of this one class (DESIGN §2-4):
+Every paper model is a configuration of this one class:
   TubeViT      sparse tubes, posemb='sincos3d', attention='joint', head='map'
   ViViT M1     one tubelet tube (2,16,16)/(2,16,16), posemb='learned', attention='joint', head='token'
   ViViT M2     the same with encoder='factorised' (spatial encoder per frame, temporal_layers)
