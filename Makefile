@@ -1,25 +1,33 @@
-# Two entry points: `make demo` (install + train + multi-view eval on the built-in dataset) and
-# `make test` (install with test extras + the whole suite). Both create .venv on first use.
+# Two entry points: `make demo` (base install + train + multi-view eval on the built-in dataset) and
+# `make test` (install with the test extras + the whole suite). Both create .venv on first use; each
+# has its own stamp, so running one never skips the other's install.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_DIR ?= workdirs/demo
 CONFIG ?= configs/synthetic/tubevit_tiny.py
 
-.PHONY: install demo test clean
+.PHONY: install install-test demo test clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/bin/python:
 	python3 -m venv $(VENV)
+
+$(VENV)/.installed-base: setup.py pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: setup.py pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed-base
+install-test: $(VENV)/.installed-test
 
 demo: install
 	rm -rf $(DEMO_DIR)
 	$(PY) -m sparse_tubes train --config=$(CONFIG) --workdir=$(DEMO_DIR)
 	$(PY) -m sparse_tubes evaluate --config=$(CONFIG) --workdir=$(DEMO_DIR)
 
-test: install
+test: install-test
 	$(PY) -m pytest -q -n 2 --durations=15 tests
 
 clean:

@@ -122,7 +122,7 @@ def vit(model: ml_collections.ConfigDict, size: str, **kw) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# TubeViT
+# TubeViT (Piergiovanni et al., CVPR 2023)
 
 def tubevit(c: ml_collections.ConfigDict, size: str) -> None:
   """TubeViT-{B,L,H}: the four tubes of Table 12, fixed 3D sin/cos at tube centres, attention
@@ -174,7 +174,7 @@ def maybe_cotrain(c: ml_collections.ConfigDict, arg) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# ViViT
+# ViViT (Arnab et al., ICCV 2021)
 
 def vivit_kinetics(tfds_name: str, num_frames: int = 32, views=(4, 3), **kw):
   """32 frames with a stride of 2 (ViViT §4.1 'Inference'), 224 px, batch 64, 4x3 views."""
@@ -195,7 +195,7 @@ def vivit_recipe(c: ml_collections.ConfigDict, tfds_name: str, *, epochs: float 
 
 
 # ---------------------------------------------------------------------------------------------
-# TimeSformer
+# TimeSformer (Bertasius et al., ICML 2021)
 
 TIMESFORMER_CLIPS = {
     # setting: (frames, sampling stride, crop) -- §4 and Table 3: base 8x224 1-in-32,

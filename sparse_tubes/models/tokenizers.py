@@ -4,7 +4,7 @@ TubeViT's sparse tubes are all the same thing here: a list of tubes, each a 3D c
 
   patches  (TimeSformer): [((1,16,16), (1,16,16), (0,0,0))]
   tubelets (ViViT):       [((2,16,16), (2,16,16), (0,0,0))]
-  sparse tubes (TubeViT): the four tubes of Table 12.
+  sparse tubes (TubeViT): the four tubes of Table 12 (zoo.TUBEVIT_TUBES).
 
 `config.model.image_tube` is the index of the 2D-patch tube images go through, or None for a model
 without an image path (images are then rejected with a clear error).
@@ -27,7 +27,7 @@ Tube variants (`config.model.tube_variant`, TubeViT §3.4 / Table 12):
 Token count of a tube along one axis of length L (VALID convolution from offset o):
     n = floor((L - o - k) / s) + 1      (0 when L - o < k)
 
-Paper table on 32x224x224 gives 98 + 147 + 98 + 196 = 539 tokens; the paper quotes 559.
+TubeViT Table 12 on 32x224x224 gives 98 + 147 + 98 + 196 = 539 tokens; the paper quotes 559.
 We reproduce 539. Neither VALID nor SAME padding (counted from 0 or from the offset) reaches 559:
 the spatial strides (32, 16) divide 224, so under all four each tube's spatial grid is 7x7 (14x14
 for the 2D patch) and only temporal counts change; the total is then 49*n + 196*m, and

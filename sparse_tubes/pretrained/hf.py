@@ -45,7 +45,7 @@ import re
 import numpy as np
 
 from sparse_tubes import config as config_lib
-from sparse_tubes.pretrained import weights
+from sparse_tubes.pretrained import optional, weights
 
 MODEL_TYPES = ('timesformer', 'vivit')
 TIMESFORMER_ATTENTION = {'divided_space_time': 'divided', 'joint_space_time': 'joint',
@@ -424,7 +424,7 @@ def to_state_dict(params_flat: dict, model: dict, *, head: tuple | None = None,
 def export(params_flat: dict, model: dict, out_dir: str, *, head: tuple,
            labels=None, layout: str = 'v5') -> str:
   """Writes config.json + model.safetensors for `*ForVideoClassification.from_pretrained`."""
-  from safetensors.numpy import save_file
+  save_file = optional('safetensors.numpy', 'writing a HuggingFace checkpoint').save_file
   num_labels = int(np.asarray(head[1]).shape[0])
   id2label = {i: str(n) for i, n in enumerate(labels)} if labels else None
   cfg = hf_config(model, num_labels=num_labels, id2label=id2label)

@@ -8,6 +8,8 @@ import re
 import jax
 import numpy as np
 
+from sparse_tubes.pretrained import optional
+
 LISTED = 20  # keys listed per kind in a mismatch message; the count says how many there are
 
 
@@ -44,11 +46,7 @@ def to_numpy(sd: dict) -> dict:
 
 def torch_load(path: str):
   """The object of a `torch.save` file (tensors on the CPU); torch is imported here only."""
-  try:
-    import torch
-  except ImportError:
-    raise ImportError(f'{path} is a PyTorch checkpoint: reading it needs torch (pip install torch '
-                      '--index-url https://download.pytorch.org/whl/cpu).') from None
+  torch = optional('torch', f'{path} is a PyTorch checkpoint: reading it')
   return torch.load(path, map_location='cpu', weights_only=True)
 
 
@@ -57,7 +55,7 @@ def read_torch(path: str) -> dict:
   Training checkpoints that wrap the state dict ('model', 'state_dict', 'model_state') are
   unwrapped."""
   if path.endswith('.safetensors'):
-    from safetensors.numpy import load_file
+    load_file = optional('safetensors.numpy', f'reading {path}').load_file
     return {k: np.asarray(v) for k, v in load_file(path).items()}
   sd = torch_load(path)
   for key in ('model', 'state_dict', 'model_state'):

@@ -119,8 +119,11 @@ def test_two_processes_build_once(tmp_path):
   outs = [p.communicate(timeout=120)[0] for p in procs]
   assert all(p.returncode == 0 for p in procs), outs
   assert all('SPLITS 64' in o for o in outs)
-  # TFDS prints this once per build: the second process found the data ready after the lock.
-  assert sum(o.count('downloaded and prepared') for o in outs) == 1, outs
+  # Printed once per build: the second process found the data ready after the lock.
+  assert sum(o.count('Building the built-in dataset') for o in outs) == 1, outs
+  # A first run prints nothing a user cannot act on: no TFDS warnings, no "Downloading ...".
+  for o in outs:
+    assert 'WARNING' not in o and 'dataset_info.json' not in o and 'Downloading' not in o, o
 
 
 def test_missing_dataset_names_the_fix(tmp_path):

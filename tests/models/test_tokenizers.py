@@ -6,7 +6,7 @@ from flax import nnx
 
 from sparse_tubes.models import tokenizers
 
-# DESIGN §2 / TubeViT Table 12: (kernel, stride, offset), (t, h, w).
+# TubeViT Table 12: (kernel, stride, offset), (t, h, w).
 PAPER_TUBES = (
     ((8, 8, 8), (16, 32, 32), (0, 0, 0)),
     ((16, 4, 4), (6, 32, 32), (4, 8, 8)),
