@@ -1,0 +1,207 @@
+"""Train-step benchmark: compile time, step time, throughput, FLOP/s and MFU.
+
+  python -m sparse_tubes.bench step --config=CONFIG.py[:arg] [--steps=N] [--warmup=W] [--json]
+      [--batch_size=B] [--attention_impl=einsum,xla] [--scan_layers=false,true]
+      [--remat=none,full] [--dtype=float32,bfloat16]
+
+The config's real train step (model, loss, optimizer update, sharding over all local devices) runs on
+random inputs of each dataset's shape: no input pipeline, so this is the device-side ceiling. Each
+comparison option takes a comma-separated list; every combination is one row of the table.
+
+  compile_s       lowering + XLA compile of the step
+  step_s          median of `steps` timed steps after `warmup` untimed ones (each waited for)
+  examples_per_s  examples of all datasets per step / step_s; tokens_per_s likewise
+  flops_per_step  model FLOPs: 3 x forward (forward + backward, whose two matmuls per forward one
+                  cost 2x), forward = 2 x the multiply-adds `info` counts (XLA's cost analysis of the
+                  float32 model with einsum attention, so every variant and kernel counts the same)
+  flops_per_s     flops_per_step / step_s
+  mfu             flops_per_s / (peak bf16 FLOP/s of one device x devices); null where the peak is
+                  unknown (CPU: read GFLOP/s instead)
+"""
+import itertools
+import json
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+# Dense bfloat16 peak FLOP/s per device (one chip; for v4/v5p one chip = 2 TensorCores as JAX sees
+# it as one device): Google Cloud TPU and NVIDIA datasheets. Matched by substring of device_kind,
+# first match wins (so 'v5 lite' before 'v5').
+PEAK_BF16 = (
+    ('TPU v6 lite', 918e12),   # v6e (Trillium)
+    ('TPU v5 lite', 197e12),   # v5e
+    ('TPU v5p', 459e12),
+    ('TPU v5', 459e12),        # v5p reports 'TPU v5'
+    ('TPU v4', 275e12),
+    ('A100', 312e12),
+    ('H100', 989e12),          # SXM, dense
+    ('H200', 989e12),
+)
+COMPARE = ('attention_impl', 'scan_layers', 'remat', 'dtype')
+
+
+def peak_flops(device_kind: str) -> float | None:
+  return next((p for k, p in PEAK_BF16 if k.lower() in device_kind.lower()), None)
+
+
+def _parse_values(key: str, text: str | None) -> list:
+  if text is None:
+    return [None]
+  out = []
+  for v in text.split(','):
+    v = v.strip()
+    if key == 'scan_layers':
+      if v.lower() not in ('true', 'false'):
+        raise ValueError(f'--scan_layers={text!r}: use true, false or true,false.')
+      v = v.lower() == 'true'
+    elif key == 'remat' and v.lower() in ('true', 'false'):
+      v = v.lower() == 'true'
+    out.append(v)
+  return out
+
+
+def variants(options: dict) -> list[dict]:
+  """{'dtype': 'float32,bfloat16', ...} -> one dict of set keys per combination."""
+  keys = [k for k in COMPARE if options.get(k) is not None]
+  return [dict(zip(keys, vals))
+          for vals in itertools.product(*(_parse_values(k, options[k]) for k in keys))]
+
+
+def model_flops_per_step(config, classes) -> float:
+  """3 x forward FLOPs (2 per multiply-add) of one step's examples, from `info`'s XLA count."""
+  from sparse_tubes import info
+  flat = config.model.copy_and_resolve_references()
+  # Unrolled layers (XLA's cost analysis counts a loop body once), float32 (no dtype converts
+  # counted): the same model FLOPs whatever the variant.
+  with flat.unlocked():
+    flat.update(scan_layers=False, remat=False, attention_impl='einsum', dtype='float32')
+  graphdef, state = info.abstract_model(flat, classes)
+  total = 0.0
+  for name, ds in config.datasets.items():
+    total += ds.batch_size * info.xla_macs(graphdef, state, info.input_shape(ds), name)
+  return 3 * 2 * total
+
+
+def _random_batch(config, mesh, rules, seed=0):
+  from sparse_tubes import info
+  from sparse_tubes.train import sharding
+  rng = np.random.default_rng(seed)
+  local = {}
+  for name, ds in config.datasets.items():
+    b = ds.batch_size // jax.process_count()
+    local[name] = {'inputs': rng.standard_normal((b, *info.input_shape(ds)), np.float32),
+                   'label': rng.integers(0, 2, (b,), np.int32)}
+  return sharding.global_batch(local, mesh, rules)
+
+
+def measure(config, *, steps: int = 5, warmup: int = 2) -> dict:
+  """Compiles and times config's train step; returns the row (see the module docstring)."""
+  from sparse_tubes import config as config_lib
+  from sparse_tubes import info
+  from sparse_tubes.train import optim, sharding, step as step_lib, state as state_lib
+  config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  classes = info.num_classes(config)
+  mesh = sharding.make_mesh(config.mesh)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    spec = state_lib.model_spec(config.model, classes, mesh, rules)
+    tx, schedule = optim.make_optimizer(config.optimizer, max(int(config.total_steps), 1))
+    state = state_lib.init_state(config.model, classes, spec, tx, mesh, config.seed)
+    shardings = state_lib.state_shardings(spec, tx, mesh)
+    train_step = step_lib.make_train_step(
+        spec.graphdef, tx, schedule, config.datasets, classes,
+        label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup)
+    batch = _random_batch(config, mesh, rules)
+    start = time.perf_counter()
+    compiled = jax.jit(train_step, in_shardings=(shardings, None),
+                       out_shardings=(shardings, sharding.replicated(mesh)),
+                       donate_argnums=0).lower(state, batch).compile()
+    compile_s = time.perf_counter() - start
+    times = []
+    for i in range(warmup + steps):
+      start = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready((state, metrics))
+      if i >= warmup:
+        times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  examples = sum(ds.batch_size for ds in config.datasets.values())
+  tokens = sum(ds.batch_size * sum(info.token_counts(config.model, info.input_shape(ds))[k]
+                                   for k in ('total', 'class_tokens'))
+               for ds in config.datasets.values())
+  flops = model_flops_per_step(config, classes)
+  kind = jax.devices()[0].device_kind
+  peak = peak_flops(kind)
+  mem = compiled.memory_analysis()
+  return dict(
+      model=config.model.get('name'), attention_impl=config.model.get('attention_impl', 'auto'),
+      scan_layers=bool(config.model.get('scan_layers', False)),
+      remat=config.model.get('remat', False), dtype=config.model.get('dtype', 'float32'),
+      batch_size=examples, compile_s=compile_s, step_s=step_s, step_s_min=min(times),
+      step_s_max=max(times), steps=steps, examples_per_s=examples / step_s,
+      tokens_per_s=tokens / step_s, flops_per_step=flops, flops_per_s=flops / step_s,
+      gflops_per_s=flops / step_s / 1e9, device_kind=kind, platform=jax.default_backend(),
+      num_devices=jax.device_count(),
+      peak_flops_per_s=None if peak is None else peak * jax.device_count(),
+      mfu=None if peak is None else flops / step_s / (peak * jax.device_count()),
+      temp_mib=None if mem is None else mem.temp_size_in_bytes / 2**20)
+
+
+def _fmt_row(r: dict) -> str:
+  mfu = '-' if r['mfu'] is None else f"{100 * r['mfu']:.1f}%"
+  return (f"{r['attention_impl']:<8}{str(r['scan_layers']):<6}{str(r['remat']):<7}{r['dtype']:<10}"
+          f"{r['compile_s']:>9.1f}{1000 * r['step_s']:>10.1f}{r['examples_per_s']:>10.1f}"
+          f"{r['tokens_per_s']:>12.0f}{r['flops_per_step'] / 1e9:>12.2f}{r['gflops_per_s']:>10.1f}"
+          f"{mfu:>7}")
+
+
+HEADER = (f"{'attn':<8}{'scan':<6}{'remat':<7}{'dtype':<10}{'compile_s':>9}{'step_ms':>10}"
+          f"{'ex/s':>10}{'tokens/s':>12}{'GFLOP/step':>12}{'GFLOP/s':>10}{'MFU':>7}")
+
+
+def run(config_path: str, *, steps: int = 5, warmup: int = 2, as_json: bool = False,
+        batch_size: int | None = None, **options) -> list[dict]:
+  from sparse_tubes import config as config_lib
+  if steps < 1:
+    raise ValueError(f'--steps={steps}: time at least one step.')
+  rows = []
+  for variant in variants(options):
+    config = config_lib.load(config_path)
+    with config.unlocked():
+      for key, value in variant.items():
+        config.model[key] = value
+      if batch_size is not None:
+        for ds in config.datasets.values():
+          ds.batch_size = batch_size
+    row = measure(config, steps=steps, warmup=warmup)
+    rows.append(row)
+    if as_json:
+      print(json.dumps(row), flush=True)
+    else:
+      if len(rows) == 1:
+        print(f"{row['model']} on {row['num_devices']} x {row['device_kind']} ({row['platform']}), "
+              f"batch {row['batch_size']}, median of {steps} steps after {warmup}:\n{HEADER}",
+              flush=True)
+      print(_fmt_row(row), flush=True)
+  return rows
+
+
+def main(argv=None):
+  import argparse
+  parser = argparse.ArgumentParser(prog='python -m sparse_tubes.bench step', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', required=True)
+  parser.add_argument('--steps', type=int, default=5, help='timed steps (the median is reported)')
+  parser.add_argument('--warmup', type=int, default=2, help='untimed steps after the compile')
+  parser.add_argument('--batch_size', type=int, default=None,
+                      help='global batch of every dataset (default: the config\'s)')
+  parser.add_argument('--json', action='store_true', help='one JSON object per row')
+  for key in COMPARE:
+    parser.add_argument(f'--{key}', default=None,
+                        help=f'config.model.{key}; a comma-separated list compares them')
+  args = parser.parse_args(argv)
+  run(args.config, steps=args.steps, warmup=args.warmup, as_json=args.json,
+      batch_size=args.batch_size, **{k: getattr(args, k) for k in COMPARE})
