@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sparse_tubes.models.attention import dot_product_attention
+from sparse_tubes.models.attention import dot_product_attention, resolve_impl
 
 PATTERNS = {
     'joint': (('all', ''),),
@@ -129,6 +129,37 @@ def ungroup(y: jax.Array, b: int, factors, inner: bool):
   return y.reshape(b, ot * it * oh * ih * ow * iw, *rest)
 
 
+def grid_attention(q, k, v, grid, factors, inner: bool):
+  """einsum attention inside groups, on the token grid as it lies: q, k, v (B, n_t*n_h*n_w, N, d)
+  are only reshaped to (B, ot, it, oh, ih, ow, iw, N, d), never transposed into groups and back.
+  Same result as `group` -> einsum attention -> `ungroup`; on CPU 2-4x faster for groupings whose
+  tokens are not contiguous ('time', 'width', 'height', 'local', 'global'), where those transposes
+  cost more than the attention itself."""
+  (ot, it), (oh, ih), (ow, iw) = factors
+  shape = q.shape
+  q, k, v = (a.reshape(a.shape[0], ot, it, oh, ih, ow, iw, *a.shape[2:]) for a in (q, k, v))
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  # Upper case: the axes that index groups; lower case: along the sequence (query t h w, key s g v).
+  lq, lk, lw = (('bTtHhWwnd', 'bTsHgWvnd', 'bTHWnthwsgv') if not inner else
+                ('bTtHhWwnd', 'bStGhVwnd', 'bthwnTHWSGV'))
+  logits = jnp.einsum(f'{lq},{lk}->{lw}', q, k, preferred_element_type=jnp.float32)
+  s = logits.shape
+  weights = jax.nn.softmax(logits.reshape(*s[:5], int(np.prod(s[5:8])), -1), axis=-1)
+  return jnp.einsum(f'{lw},{lk}->{lq}', weights.reshape(s).astype(v.dtype), v).reshape(shape)
+
+
+# Groupings whose tokens already lie contiguously: `group` is a free reshape there.
+CONTIGUOUS = ('all', 'space')
+
+
+def _attend_grouped(mha, p, grid, factors, inner, grouping):
+  """mha's update of the patch tokens p (B, N, D), each attending inside its group."""
+  if grouping not in CONTIGUOUS and resolve_impl(mha.attention_impl) == 'einsum':
+    return mha.project_out(grid_attention(*mha.qkv(p), grid, factors, inner))
+  pg, _ = group(p, grid, factors, inner)
+  return ungroup(mha(pg), p.shape[0], factors, inner)
+
+
 def require_grid(layout: Layout, attention: str):
   if layout.grid is None:
     raise ValueError(
@@ -149,10 +180,10 @@ def attend(mha, x: jax.Array, layout: Layout, grouping: str, *, attention: str =
   if grouping == 'm4':
     return _factorised_dot_product(mha, p, layout)
   factors, inner = _factors(grouping, layout.grid, local_window, global_stride)
-  pg, g = group(p, layout.grid, factors, inner)
   if c == 0 or grouping == 'time':
-    y = ungroup(mha(pg), b, factors, inner)
+    y = _attend_grouped(mha, p, layout.grid, factors, inner, grouping)
     return jnp.concatenate([jnp.zeros_like(cls, dtype=y.dtype), y], axis=1) if c else y
+  pg, g = group(p, layout.grid, factors, inner)
   if c == 1:    # one class token, joining every group; its update averaged over the groups
     cg = jnp.repeat(cls, g, axis=0)
     yg = mha(jnp.concatenate([cg, pg], axis=1))
@@ -177,6 +208,10 @@ def _factorised_dot_product(mha, p, layout: Layout):
   outs = []
   for grouping, heads in (('space', slice(0, n // 2)), ('time', slice(n // 2, n))):
     factors, inner = _factors(grouping, grid, None, None)
+    if grouping not in CONTIGUOUS and resolve_impl(mha.attention_impl) == 'einsum':
+      outs.append(grid_attention(q[:, :, heads], k[:, :, heads], v[:, :, heads], grid, factors,
+                                 inner))
+      continue
     qg, kg, vg = (group(a[:, :, heads], grid, factors, inner)[0] for a in (q, k, v))
     y = dot_product_attention(qg, kg, vg, impl=mha.attention_impl)
     outs.append(ungroup(y, b, factors, inner))

@@ -142,3 +142,19 @@ def test_patterns_need_a_grid_and_divisible_sizes():
     block('dilated')
   with pytest.raises(ValueError, match=r'config\.model\.factorised_order'):
     block('factorised_self_attention', factorised_order='spacetime')
+
+
+@pytest.mark.parametrize('grouping', ['time', 'width', 'height', 'local', 'global'])
+def test_grid_attention_equals_grouped_attention(grouping):
+  """The transpose-free einsum path (CPU) is group -> attention -> ungroup, values and gradients."""
+  from sparse_tubes.models.attention import dot_product_attention
+  factors, inner = patterns._factors(grouping, GRID, None, (2, 2, 2))
+  q, k, v = (np.random.RandomState(i).standard_normal((2, N, 2, 4)).astype(np.float32)
+             for i in range(3))
+  def grouped(q, k, v):
+    qg, kg, vg = (patterns.group(a, GRID, factors, inner)[0] for a in (q, k, v))
+    return patterns.ungroup(dot_product_attention(qg, kg, vg, impl='einsum'), 2, factors, inner)
+  direct = lambda q, k, v: patterns.grid_attention(q, k, v, GRID, factors, inner)  # noqa: E731
+  for f in (lambda f: f, lambda f: jax.grad(lambda *a: (f(*a) ** 2).sum(), argnums=(0, 1, 2))):
+    np.testing.assert_allclose(jax.tree.leaves(jax.jit(f(direct))(q, k, v)),
+                               jax.tree.leaves(jax.jit(f(grouped))(q, k, v)), atol=1e-5)
