@@ -1,4 +1,5 @@
 """Input-pipeline benchmark: decode + augment throughput per core, against what a TPU host needs.
+(`bench step` and `bench attention` are the train-step and attention-memory benchmarks: bench_step.py.)
 
   python -m sparse_tubes.bench data --config=configs/data/kinetics400.py [--data_dir=DIR]
       [--workers=N] [--seconds=S] [--repeats=R] [--mini] [--json] [--[no-]synthetic]
@@ -358,6 +359,10 @@ def bench_data(config, *, data_dir=None, workers=None, seconds=3.0, repeats=3, m
 
 
 def main(argv=None):
+  argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] in (['step'], ['attention']):  # train step and attention memory: bench_step.py
+    from sparse_tubes import bench_step
+    return (bench_step.main if argv[0] == 'step' else bench_step.main_attention)(argv[1:])
   parser = argparse.ArgumentParser(prog='python -m sparse_tubes.bench', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('what', choices=['data'])

@@ -49,7 +49,7 @@ tubes):
   scan_layers=False     jax.lax.scan over the (identical) blocks: compile time constant in depth.
                     Parameters then live at 'encoder/blocks/<name>' with a leading layer axis
                     (logical name None) instead of 'encoder/blocks/<i>/<name>'.
-  attention_impl='auto'   'auto' | 'xla' | 'einsum' (attention.py).
+  attention_impl='auto'   'auto' | 'xla' | 'einsum' | 'splash' (TPU Pallas) | 'cudnn' (GPU) (attention.py).
   scaling_gate_layers=()  TubeViT image-to-video scaling (§3.6, scaling.py): the layers that add
                     tanh(alpha) * z0 (alpha zero at init); an int k means layers k..L-1.
   layer_norm_eps=1e-6, gelu_approximate=False   to match published checkpoints exactly (HF
