@@ -383,10 +383,11 @@ def restore_params(config, workdir: str, step: int | None = None,
       classes = classes if classes is not None else checkpoint_heads(workdir, step)
       spec = model_spec(config, classes, mesh, rules)
       params = ckpt.restore_params(step, state_lib.abstract_params(spec))
-    except Exception as e:  # noqa: BLE001
-      if ckpt.verify(step, deep=True) is None:  # The files read as saved: the config is at fault.
+    except Exception:  # noqa: BLE001
+      reason = ckpt.verify(step, deep=True)
+      if reason is None:  # The files read as saved: the config is at fault, not the checkpoint.
         raise
-      raise unreadable(_why(e)) from None
+      raise unreadable(reason) from None
   finally:
     ckpt.close()
   return Restored(params=params, spec=spec, num_classes=classes, step=step, mesh=mesh,

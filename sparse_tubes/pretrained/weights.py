@@ -49,7 +49,12 @@ def torch_load(path: str):
   except ImportError:
     raise ImportError(f'{path} is a PyTorch checkpoint: reading it needs torch (pip install torch '
                       '--index-url https://download.pytorch.org/whl/cpu).') from None
-  return torch.load(path, map_location='cpu', weights_only=True)
+  try:
+    return torch.load(path, map_location='cpu', weights_only=True)
+  except Exception as e:  # noqa: BLE001 - torch's own advice (weights_only=False) is wrong here
+    raise ValueError(f'{path} is not a PyTorch checkpoint of tensors ({type(e).__name__} on '
+                     'reading it; it is not opened unsafely, as torch suggests). Give the .pth/.pyth file of the published '
+                     'weights (or a .safetensors file).') from None
 
 
 def read_torch(path: str) -> dict:
