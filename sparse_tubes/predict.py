@@ -47,14 +47,15 @@ def load_clips(path: str) -> np.ndarray:
   if x.ndim not in (4, 5):
     raise ValueError(f'{path}: expected a clip batch (B, T, H, W, C) (or images (B, H, W, C)), '
                      f'got shape {x.shape}.')
-  if x.dtype == np.uint8 or (x.size and np.nanmax(np.abs(x.astype(np.float32))) > 10):
-    raise ValueError(f'{path} holds raw pixels ({x.dtype}, up to {np.nanmax(x)}): a .npy input '
-                     "is fed as is, so normalize it as the dataset did (config.datasets.<name>."
-                     "normalization; 'minus_one_to_one' is x / 127.5 - 1), or give the video file.")
-  x = x.astype(np.float32)
+  x, raw = x.astype(np.float32), x.dtype == np.uint8
   if not np.isfinite(x).all():
     raise ValueError(f'{path}: {int((~np.isfinite(x)).sum())} values are NaN or Inf; give finite '
                      'clips.')
+  if raw or (x.size and np.abs(x).max() > 10):  # Normalized clips lie in [-1, 1] or about [-3, 3].
+    raise ValueError(f'{path} holds raw pixels ({x.dtype if not raw else "uint8"}, up to '
+                     f'{x.max():g}): a .npy input is fed as is, so normalize it as the dataset did '
+                     "(config.datasets.<name>.normalization; 'minus_one_to_one' is x / 127.5 - 1), "
+                     'or give the video file.')
   return x
 
 
