@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from sparse_tubes import config as config_lib
 from sparse_tubes import zoo
@@ -262,12 +263,16 @@ class Checkpointer:
 
   def move_aside(self, step: int) -> str:
     """Moves an unreadable step out of the way (to WORKDIR/damaged_checkpoints/<step>, kept for
-    inspection, never deleted) so newer saves can take its number; returns where it went."""
+    inspection, never deleted) so newer saves can take its number; returns where it went. Every
+    process calls it; process 0 moves."""
     target = os.path.join(os.path.dirname(self.directory), 'damaged_checkpoints', str(step))
     if os.path.exists(target):
       target += f'.{int(time.time())}'
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'move_aside_{step}')
     self.manager.reload()
     return target
 
@@ -286,7 +291,7 @@ class Checkpointer:
           reason = _why(e)
       if reason is None:
         return step, state
-      where = self.move_aside(step) if jax.process_index() == 0 else 'damaged_checkpoints/'
+      where = self.move_aside(step)
       log(f'Checkpoint step {step} in {self.directory} is unreadable ({reason}); moved to {where}, '
           'trying the previous step.')
     return None, None
