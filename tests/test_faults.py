@@ -320,7 +320,7 @@ def test_convert_random_file_is_not_a_checkpoint(tmp_path):
   path = tmp_path / 'random.pth'
   path.write_bytes(np.random.default_rng(0).bytes(4000))
   with pytest.raises(ValueError, match='is not a PyTorch checkpoint') as e:
-    weights.torch_load(str(path))
+    weights.read_torch_pickle(str(path))
   assert 'weights_only=False' not in str(e.value)
 
 

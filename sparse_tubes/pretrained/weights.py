@@ -49,12 +49,7 @@ def torch_load(path: str):
   except ImportError:
     raise ImportError(f'{path} is a PyTorch checkpoint: reading it needs torch (pip install torch '
                       '--index-url https://download.pytorch.org/whl/cpu).') from None
-  try:
-    return torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # noqa: BLE001 - torch's own advice (weights_only=False) is wrong here
-    raise ValueError(f'{path} is not a PyTorch checkpoint of tensors ({type(e).__name__} on '
-                     'reading it; it is not opened unsafely, as torch suggests). Give the .pth/.pyth file of the published '
-                     'weights (or a .safetensors file).') from None
+  return torch.load(path, map_location='cpu', weights_only=True)
 
 
 def read_torch(path: str) -> dict:
@@ -64,11 +59,24 @@ def read_torch(path: str) -> dict:
   if path.endswith('.safetensors'):
     from safetensors.numpy import load_file
     return {k: np.asarray(v) for k, v in load_file(path).items()}
-  sd = torch_load(path)
+  sd = read_torch_pickle(path)
   for key in ('model', 'state_dict', 'model_state'):
     if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
       sd = sd[key]
   return to_numpy({k: v for k, v in sd.items() if hasattr(v, 'shape')})
+
+
+def read_torch_pickle(path: str):
+  """`torch_load`, with one line when the file is not a checkpoint of tensors at all (torch's own
+  message advises weights_only=False, which would run the file's code: wrong for a random file)."""
+  try:
+    return torch_load(path)
+  except ImportError:
+    raise
+  except Exception as e:  # noqa: BLE001 - every unpickling failure means the same here
+    raise ValueError(f'{path} is not a PyTorch checkpoint of tensors ({type(e).__name__} on '
+                     'reading it; it is not opened unsafely). Give the .pth/.pyth file of the '
+                     'published weights (or a .safetensors file).') from None
 
 
 # ------------------------------------------------------------------- our param trees <-> flat
