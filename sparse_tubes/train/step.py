@@ -17,10 +17,7 @@ def targets(labels, num_classes: int, label_smoothing: float):
 
 
 def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapping[str, int], *,
-                    label_smoothing: float, seed: int, mixup_cfg=None, skip_nonfinite: bool = False):
-  """The step reports `train/finite` (1 when the loss and the gradient norm are finite); the loop
-  reads it with the other metrics, so the check costs no host sync. With `skip_nonfinite` a
-  non-finite step leaves parameters and optimizer state unchanged (`train/skipped` = 1)."""
+                    label_smoothing: float, seed: int, mixup_cfg=None):
   names = sorted(datasets)
   weights = {n: float(datasets[n].loss_weight) for n in names}
   mixup_kw = dict(mixup_cfg or dict(mixup_alpha=0.0, cutmix_alpha=0.0, cutmix_prob=0.5))
@@ -45,18 +42,31 @@ def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapp
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state['params'], batch, key)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    grad_norm = optax.tree.norm(grads)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    if skip_nonfinite:  # The bad update is dropped inside the step: nothing non-finite is kept.
-      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
-      params, opt_state = keep(params, state['params']), keep(opt_state, state['opt_state'])
-      metrics['train/skipped'] = 1.0 - finite.astype(jnp.float32)
-    metrics.update({'train/loss': loss, 'train/grad_norm': grad_norm,
-                    'train/learning_rate': schedule(state['step']),
-                    'train/finite': finite.astype(jnp.float32)})
+    metrics.update({'train/loss': loss, 'train/grad_norm': optax.tree.norm(grads),
+                    'train/learning_rate': schedule(state['step'])})
     return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
 
   return train_step
+
+
+def guard_nonfinite(train_step, skip: bool):
+  """`train_step` that also reports `train/finite` (1 when the loss and the gradient norm are
+  finite), fetched with the other metrics so the check costs no host sync (train/nonfinite.py).
+  With `skip` a non-finite step keeps the old parameters and optimizer state (`train/skipped` 1);
+  the step counter still advances, as the batch was consumed."""
+
+  def guarded(state, batch):
+    new, metrics = train_step(state, batch)
+    finite = jnp.isfinite(metrics['train/loss']) & jnp.isfinite(metrics['train/grad_norm'])
+    metrics['train/finite'] = finite.astype(jnp.float32)
+    if skip:  # Dropped inside the step: nothing non-finite reaches the state.
+      keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
+      new = {**new, 'params': keep(new['params'], state['params']),
+             'opt_state': keep(new['opt_state'], state['opt_state'])}
+      metrics['train/skipped'] = 1.0 - metrics['train/finite']
+    return new, metrics
+
+  return guarded
 
 
 def make_eval_step(graphdef, dataset: str):
