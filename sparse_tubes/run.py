@@ -32,6 +32,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import defaults
 from sparse_tubes import zoo
 from sparse_tubes.data import builtin, pipeline
 from sparse_tubes.train import sharding, state as state_lib
@@ -74,6 +75,9 @@ def load_workdir(workdir: str, **overrides) -> ml_collections.ConfigDict:
                             '`train` or `convert`.')
   with open(path) as f:
     config = config_from_json(f.read())
+  for key, value in defaults.base().items():  # A key added since the workdir was written.
+    if key not in config:
+      config[key] = value
   config.lock()
   return config_lib.override(config, **overrides)
 
