@@ -226,6 +226,16 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     except ValueError as e:
       raise ValueError(f'config.datasets.{name} ({input_shape(ds)}): {e}') from None
 
+  for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+              'max_nonfinite_skips'):
+    if config[key] < 1:
+      raise ValueError(f'config.{key}={config[key]} must be >= 1 (e.g. config.{key}='
+                       f'{defaults.base()[key]}).')
+  if config.eval_every_steps < 0:
+    raise ValueError(f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0: no eval '
+                     'while training).')
+  if config.on_nonfinite not in ('stop', 'skip'):
+    raise ValueError(f"config.on_nonfinite={config.on_nonfinite!r}: use 'stop' or 'skip'.")
   if config.num_epochs < 0 or (config.num_epochs == 0 and config.total_steps <= 0):
     raise ValueError(f'config.total_steps={config.total_steps} / config.num_epochs='
                      f'{config.num_epochs}: set a positive total_steps, or num_epochs > 0.')

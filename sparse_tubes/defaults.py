@@ -164,6 +164,11 @@ def base() -> ml_collections.ConfigDict:
   c.eval_every_steps = 0      # > 0: multi-view eval every N steps and at the end, while training
   c.checkpoint_every_steps = 200
   c.keep_checkpoints = 3
+  # A step whose loss or gradient norm is not finite: 'stop' (exit non-zero, naming the step, the
+  # dataset and the last good checkpoint) or 'skip' (drop that update inside the step; still stop
+  # after max_nonfinite_skips skips in a row). Checkpoints with non-finite parameters are never saved.
+  c.on_nonfinite = 'stop'
+  c.max_nonfinite_skips = 10
   c.async_checkpoints = True
   c.profile = ml_collections.ConfigDict(dict(enabled=False, start_step=10, num_steps=5))
   return c

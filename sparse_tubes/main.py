@@ -121,12 +121,19 @@ def main(argv):
       print(f'{workdir} holds a converted checkpoint: training from it '
             f'(config.init_from.kind=checkpoint) into {target}', flush=True)
       workdir = target
-    summary = loop.train(config, workdir)
+    from sparse_tubes.train import nonfinite, workdir_lock
+    try:
+      summary = loop.train(config, workdir)
+    except (nonfinite.NonFiniteError, workdir_lock.WorkdirLocked, run.CheckpointError) as e:
+      raise SystemExit(f'Error: {e}') from None  # One line and a non-zero exit code.
     print(f"Trained to step {summary['step']}; checkpoints in {os.path.join(workdir, 'checkpoints')}",
           flush=True)
   elif command == 'evaluate':
     from sparse_tubes import evaluate
-    summary = evaluate.evaluate(config, workdir, step=_STEP.value)
+    try:
+      summary = evaluate.evaluate(config, workdir, step=_STEP.value)
+    except (run.CheckpointError, FileNotFoundError) as e:
+      raise SystemExit(f'Error: {e}') from None
     print(evaluate.results_table(summary), flush=True)
 
 

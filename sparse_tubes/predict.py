@@ -13,12 +13,15 @@ and is fed as is (one row of logits per clip). The top classes are printed with 
 """
 import os
 import re
+import sys
 
 import jax
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import config as config_lib
 from sparse_tubes import run
+from sparse_tubes.models import tokenizers
 from sparse_tubes.data import pipeline, video_io
 
 
@@ -38,18 +41,53 @@ def video_views(path: str, ds_cfg, *, fps: float | None = None) -> np.ndarray:
   return pipeline.video_eval_views(ds_cfg, decoded.frames)
 
 
+def load_clips(path: str) -> np.ndarray:
+  """A .npy clip batch, checked before any model is built: finite, already normalized."""
+  x = np.load(path)
+  if x.ndim not in (4, 5):
+    raise ValueError(f'{path}: expected a clip batch (B, T, H, W, C) (or images (B, H, W, C)), '
+                     f'got shape {x.shape}.')
+  x, raw = x.astype(np.float32), x.dtype == np.uint8
+  if not np.isfinite(x).all():
+    raise ValueError(f'{path}: {int((~np.isfinite(x)).sum())} values are NaN or Inf; give finite '
+                     'clips.')
+  if raw or (x.size and np.abs(x).max() > 10):  # Normalized clips lie in [-1, 1] or about [-3, 3].
+    raise ValueError(f'{path} holds raw pixels ({x.dtype if not raw else "uint8"}, up to '
+                     f'{x.max():g}): a .npy input is fed as is, so normalize it as the dataset did '
+                     "(config.datasets.<name>.normalization; 'minus_one_to_one' is x / 127.5 - 1), "
+                     'or give the video file.')
+  return x
+
+
+def check_clip_shape(config, dataset: str, x: np.ndarray, path: str) -> None:
+  """An error when the model cannot tokenize clips of this shape, a warning when they differ from
+  the clips the head was trained on."""
+  if dataset not in config.datasets:
+    return
+  expected = config_lib.input_shape(config.datasets[dataset])
+  if tuple(x.shape[1:]) == tuple(expected):
+    return
+  try:
+    tokenizers.validate_tubes(config.model, x.shape[1:])
+  except ValueError as e:
+    raise ValueError(f'{path}: clips of shape {x.shape[1:]} do not fit the model (it was trained '
+                     f'on {expected}, config.datasets.{dataset}): {e}') from None
+  print(f'Warning: {path}: clips of shape {x.shape[1:]}, but head {dataset!r} was trained on '
+        f'{expected} (config.datasets.{dataset}); the predictions may be poor.', file=sys.stderr,
+        flush=True)
+
+
 def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
             save_logits: str | None = None, dataset: str | None = None, step: int | None = None,
             fps: float | None = None, batch_size: int | None = None) -> dict:
   """Logits and top-k classes of `input_path` (.npy clip batch or a video file)."""
+  npy = load_clips(input_path) if input_path.endswith('.npy') else None
   restored = run.restore_params(config, workdir, step)
   params, num_classes, step = restored.params, restored.num_classes, restored.step
   dataset = run.choose_head(config, num_classes, dataset)
-  if input_path.endswith('.npy'):
-    x = np.load(input_path).astype(np.float32)
-    if x.ndim not in (4, 5):
-      raise ValueError(f'{input_path}: expected a clip batch (B, T, H, W, C) (or images '
-                       f'(B, H, W, C)), got shape {x.shape}.')
+  if npy is not None:
+    x = npy
+    check_clip_shape(config, dataset, x, input_path)
     kind, groups = 'npy', None
   else:
     if dataset not in config.datasets:

@@ -13,20 +13,26 @@
                                        checkpoints need (`restore_params`, `read_params`)
       train_state                      step + optimizer state (absent in converted checkpoints)
       data_<name>                      each train iterator's position (Grain)
+    WORKDIR/damaged_checkpoints/<step> a checkpoint `train` could not read, moved aside (kept)
 
 The commands use this module and none of each other.
 """
 import dataclasses
 import json
 import os
+import shutil
+import time
 
 import grain
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import defaults
 from sparse_tubes import zoo
 from sparse_tubes.data import builtin, pipeline
 from sparse_tubes.train import sharding, state as state_lib
@@ -69,6 +75,9 @@ def load_workdir(workdir: str, **overrides) -> ml_collections.ConfigDict:
                             '`train` or `convert`.')
   with open(path) as f:
     config = config_from_json(f.read())
+  for key, value in defaults.base().items():  # A key added since the workdir was written.
+    if key not in config:
+      config[key] = value
   config.lock()
   return config_lib.override(config, **overrides)
 
@@ -167,6 +176,29 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
 
 
+class CheckpointError(RuntimeError):
+  """A checkpoint step cannot be read; the message says which, why, and what to do."""
+
+
+def _why(e: BaseException) -> str:
+  """One line out of a (possibly 700-line TensorStore) exception."""
+  lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+  text = lines[0] if lines else ''
+  return f'{type(e).__name__}: {text[:200]}' if text else type(e).__name__
+
+
+@jax.jit
+def _all_finite(tree):
+  leaves = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.floating)]
+  return jnp.stack(leaves).all() if leaves else jnp.array(True)
+
+
+def all_finite(tree) -> bool:
+  """Whether every floating-point array of `tree` is finite (one small device reduction)."""
+  return bool(_all_finite(tree))
+
+
 class Checkpointer:
   """Orbax checkpoints of one workdir: model + optimizer state and every data iterator's
   position, saved together (the layout in the module docstring).
@@ -190,6 +222,83 @@ class Checkpointer:
 
   def all_steps(self) -> list[int]:
     return list(self.manager.all_steps())
+
+  def verify(self, step: int, *, deep: bool = False) -> str | None:
+    """Why step `step` cannot be restored, or None when it can. Checks the files Orbax and Grain
+    parse (each item's _METADATA, each iterator's JSON); `deep` also reads the parameters and
+    checks they are finite (what a truncated array file or a diverged run breaks)."""
+    path = os.path.join(self.directory, str(step))
+    if not os.path.isdir(path):
+      return f'{path} does not exist'
+    items = os.listdir(path)
+    if 'params' not in items:
+      return f'{path} has no params'
+    for item in sorted(items):
+      where = os.path.join(path, item)
+      if item in ('params', 'train_state'):
+        meta = os.path.join(where, '_METADATA')
+        if not os.path.exists(meta):
+          return f'{item}/_METADATA is missing'
+        try:
+          with open(meta) as f:
+            json.load(f)
+        except ValueError as e:
+          return f'{item}/_METADATA is not valid JSON ({e})'
+      elif item.startswith('data_') and os.path.isdir(where):
+        for name in os.listdir(where):
+          if name.endswith('.json'):
+            try:
+              with open(os.path.join(where, name)) as f:
+                json.load(f)
+            except ValueError:
+              return f'{item}/{name} (the data iterator position) is empty or not valid JSON'
+    if deep:
+      try:
+        params = self.restore_params(step, None)
+      except Exception as e:  # noqa: BLE001 - whatever the reader says, the step is unreadable
+        return f'its params do not read: {_why(e)}'
+      if not all_finite(params):
+        return 'its params hold NaN or Inf'
+    return None
+
+  def readable_steps(self, *, deep: bool = True) -> list[int]:
+    """The steps that `verify` passes, oldest first (deep: reads every step's parameters)."""
+    return [s for s in self.all_steps() if self.verify(s, deep=deep) is None]
+
+  def move_aside(self, step: int) -> str:
+    """Moves an unreadable step out of the way (to WORKDIR/damaged_checkpoints/<step>, kept for
+    inspection, never deleted) so newer saves can take its number; returns where it went. Every
+    process calls it; process 0 moves."""
+    target = os.path.join(os.path.dirname(self.directory), 'damaged_checkpoints', str(step))
+    if os.path.exists(target):
+      target += f'.{int(time.time())}'
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'move_aside_{step}')
+    self.manager.reload()
+    return target
+
+  def restore_latest(self, abstract_state, iterators: dict | None = None, *, log=print):
+    """(step, state) of the newest step that restores and holds finite parameters, or
+    (None, None) when there is no checkpoint. A newer unreadable step is named in one line (which
+    and why) and moved aside; training goes on from the previous one."""
+    for step in sorted(self.all_steps(), reverse=True):
+      reason = self.verify(step)
+      if reason is None:
+        try:
+          state = self.restore(step, abstract_state, iterators)
+          if not all_finite(state['params']):
+            reason = 'its params hold NaN or Inf'
+        except Exception as e:  # noqa: BLE001 - any reader failure means: this step is unreadable
+          reason = _why(e)
+      if reason is None:
+        return step, state
+      where = self.move_aside(step)
+      log(f'Checkpoint step {step} in {self.directory} is unreadable ({reason}); moved to {where}, '
+          'trying the previous step.')
+    return None, None
 
   def save(self, step: int, state, iterators: dict | None = None, *, force: bool = False) -> bool:
     items = {'params': ocp.args.StandardSave(state['params']),
@@ -258,15 +367,36 @@ def restore_params(config, workdir: str, step: int | None = None,
   expect."""
   ckpt = Checkpointer(workdir, read_only=True)
   try:
-    step = ckpt.latest_step() if step is None else step
+    given, step = step, ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {ckpt.directory}. Train first: python -m '
                               f'sparse_tubes train --config=... --workdir={workdir} (or convert '
                               'a published checkpoint into it).')
-    classes = classes if classes is not None else checkpoint_heads(workdir, step)
+    if step not in ckpt.all_steps():
+      raise FileNotFoundError(f'--step={step}: no such checkpoint in {ckpt.directory}; its steps '
+                              f'are {ckpt.all_steps()}.')
+
+    def unreadable(reason):
+      readable = [s for s in ckpt.readable_steps() if s != step]
+      hint = (f'give --step=N, one of the readable steps {readable}' if readable
+              else 'no step there is readable: train again')
+      which = 'the given' if given is not None else 'the latest'
+      return CheckpointError(f'Checkpoint step {step} ({which}) in {ckpt.directory} is unreadable '
+                             f'({reason}): {hint}.')
+
+    reason = ckpt.verify(step)
+    if reason:
+      raise unreadable(reason)
     mesh, rules = mesh_and_rules(config)
-    spec = model_spec(config, classes, mesh, rules)
-    params = ckpt.restore_params(step, state_lib.abstract_params(spec))
+    try:
+      classes = classes if classes is not None else checkpoint_heads(workdir, step)
+      spec = model_spec(config, classes, mesh, rules)
+      params = ckpt.restore_params(step, state_lib.abstract_params(spec))
+    except Exception:  # noqa: BLE001
+      reason = ckpt.verify(step, deep=True)
+      if reason is None:  # The files read as saved: the config is at fault, not the checkpoint.
+        raise
+      raise unreadable(reason) from None
   finally:
     ckpt.close()
   return Restored(params=params, spec=spec, num_classes=classes, step=step, mesh=mesh,

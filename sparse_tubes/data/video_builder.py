@@ -279,6 +279,13 @@ class VideoBuilder(builtin.Builder):
       self.report = collect_report(self.work_dir, splits, title)
       with open(self.report_path, 'w') as f:
         json.dump(self.report, f, indent=1)
+    for split, n in self.report['splits'].items():
+      if not n['written']:  # TFDS would only say "No examples were yielded".
+        reasons = ', '.join(f'{k} {v}' for k, v in sorted(n['reasons'].items())) or 'none listed'
+        raise ValueError(
+            f"{title}: no video of split '{split}' could be read ({n['videos']} listed; unusable: "
+            f'{reasons}). Check that --manual_dir={manual_dir} holds the clips next to the '
+            f'annotation CSVs; {self.report_path} lists each failure.')
     print(f'{title}: writing the ArrayRecord dataset...', flush=True)
     return {split: self._generate_examples(p) for split, p in paths.items()}
 

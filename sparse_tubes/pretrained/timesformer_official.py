@@ -105,4 +105,4 @@ def convert(obj, *, num_heads: int | None = None, num_frames: int | None = None,
 
 
 def load(path: str, *, num_heads: int | None = None, num_frames: int | None = None) -> hf.Imported:
-  return convert(weights.torch_load(path), num_heads=num_heads, num_frames=num_frames, source=path)
+  return convert(weights.read_torch_pickle(path), num_heads=num_heads, num_frames=num_frames, source=path)

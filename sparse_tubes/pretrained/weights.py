@@ -57,11 +57,24 @@ def read_torch(path: str) -> dict:
   if path.endswith('.safetensors'):
     load_file = optional('safetensors.numpy', f'reading {path}').load_file
     return {k: np.asarray(v) for k, v in load_file(path).items()}
-  sd = torch_load(path)
+  sd = read_torch_pickle(path)
   for key in ('model', 'state_dict', 'model_state'):
     if isinstance(sd, dict) and key in sd and isinstance(sd[key], dict):
       sd = sd[key]
   return to_numpy({k: v for k, v in sd.items() if hasattr(v, 'shape')})
+
+
+def read_torch_pickle(path: str):
+  """`torch_load`, with one line when the file is not a checkpoint of tensors at all (torch's own
+  message advises weights_only=False, which would run the file's code: wrong for a random file)."""
+  try:
+    return torch_load(path)
+  except ImportError:
+    raise
+  except Exception as e:  # noqa: BLE001 - every unpickling failure means the same here
+    raise ValueError(f'{path} is not a PyTorch checkpoint of tensors ({type(e).__name__} on '
+                     'reading it; it is not opened unsafely). Give the .pth/.pyth file of the '
+                     'published weights (or a .safetensors file).') from None
 
 
 # ------------------------------------------------------------------- our param trees <-> flat

@@ -12,7 +12,8 @@ from sparse_tubes import run
 from sparse_tubes.data import pipeline
 from sparse_tubes.evaluator import Evaluator
 from sparse_tubes.pretrained import init as init_lib
-from sparse_tubes.train import metrics, optim, preemption, sharding, state as state_lib, step as step_lib
+from sparse_tubes.train import metrics, nonfinite, optim, preemption, sharding, state as state_lib
+from sparse_tubes.train import step as step_lib, workdir_lock
 
 
 def _size(tree, name: str) -> int:
@@ -34,8 +35,15 @@ def _group(names) -> str:
 
 def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   """Trains until `config.total_steps` (or until `stop_after_steps` more steps, which tests use to
-  simulate a job that stops). Resumes from the latest checkpoint in `workdir`."""
+  simulate a job that stops). Resumes from the latest readable checkpoint in `workdir`, which it
+  holds alone (workdir_lock) for the whole run. Raises nonfinite.NonFiniteError when the loss
+  diverges (config.on_nonfinite)."""
   config_lib.validate(config)
+  with workdir_lock.hold(workdir):
+    return _train(config, workdir, stop_after_steps)
+
+
+def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   init_lib.validate(config)
   mesh, rules = run.mesh_and_rules(config)
   data_dir, infos = run.dataset_infos(config)
@@ -68,10 +76,9 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
 
   ckpt = run.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
-  start = ckpt.latest_step()
+  start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators)
   if start is not None:
     print(f'Resuming from step {start} in {ckpt.directory}', flush=True)
-    state = ckpt.restore(start, state_lib.abstract_state(spec, tx, mesh), iterators)
   else:
     start = 0
     state = state_lib.init_state(config.model, num_classes, spec, tx, mesh, config.seed)
@@ -84,6 +91,7 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   train_step = step_lib.make_train_step(
       spec.graphdef, tx, schedule, config.datasets, num_classes,
       label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup)
+  train_step = step_lib.guard_nonfinite(train_step, skip=config.on_nonfinite == 'skip')
   train_step = jax.jit(train_step, in_shardings=(shardings, None),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
@@ -98,6 +106,17 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   if config.eval_every_steps:
     evaluator = Evaluator(config, spec, mesh, rules, data_dir, infos)
   pending, last = [], {}
+  watch, stop = nonfinite.Watch(config.on_nonfinite, config.max_nonfinite_skips), ''
+
+  def drain():
+    """Fetches, writes and checks the metrics of the steps since the last call."""
+    nonlocal pending, last, stop
+    if pending:
+      rows = jax.device_get(pending)
+      for s, m in rows:
+        writer.write_scalars(s, m)
+      last, pending = {k: float(v) for k, v in rows[-1][1].items()}, []
+      stop = stop or watch.check(rows)
   end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)
   step = start
 
@@ -110,16 +129,17 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
       pending.append((step, step_metrics))  # Fetched at log time: no host sync every step.
 
       if step % config.log_every_steps == 0 or step == end:
-        for s, m in jax.device_get(pending):
-          writer.write_scalars(s, m)
-        last = dict(pending[-1][1])
-        last = {k: float(v) for k, v in jax.device_get(last).items()}
-        pending = []
+        drain()
         perf = {f'perf/{k}': v for k, v in progress(step).items()}
+        if config.on_nonfinite == 'skip':
+          perf['train/skipped_total'] = watch.skipped
         writer.write_scalars(step, perf)
+        writer.flush()  # Every log line is on disk: a killed run keeps its history.
         line = metrics.ReportProgress.line(step, total_steps, {**last, **perf})
         logging.info(line)
         print(line, flush=True)
+        if stop:
+          break
 
       if evaluator and (step % config.eval_every_steps == 0 or step == total_steps):
         scalars = evaluator.scalars(evaluator(state['params']))
@@ -129,14 +149,28 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
 
       preempted = guard.reached(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
+        drain()  # Never save past a non-finite step, nor non-finite parameters.
+        if not stop and not run.all_finite(state['params']):
+          stop = f'step {step}: the parameters hold NaN or Inf'
+        if stop:
+          break
         ckpt.save(step, state, iterators, force=preempted)
+        writer.flush()
       if preempted:
         print(f'Stopped by preemption at step {step}; the next `train` resumes here.', flush=True)
         break
 
+  drain()  # Steps after the last log line (a preemption) are written too.
   ckpt.close()
   writer.flush()
   guard.restore_handler()
   summary = {'step': step, 'first_step_s': progress.first_step_s, **last}
   writer.close()
+  if stop:
+    good = ckpt.latest_step()
+    raise nonfinite.NonFiniteError(
+        f'Training stopped at {stop}. The last good checkpoint is '
+        + (f'step {good} in {ckpt.directory}' if good is not None else 'none (no step was saved)')
+        + "; no checkpoint after it was saved. Lower config.optimizer.learning_rate (or check the "
+        "data), or set config.on_nonfinite='skip', and train again: it resumes from there.")
   return summary

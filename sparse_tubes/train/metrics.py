@@ -3,7 +3,9 @@
 clu.metric_writers imports TensorFlow at package import (and with TensorBoard that is ~1.5 GB), so
 `MetricWriter` below keeps clu's MetricWriter interface (write_scalars / write_texts /
 write_hparams / flush / close) over tensorboardX (<1 MB), plus a JSON-lines copy of every scalar
-(`metrics.jsonl`) that scripts and tests can read without TensorBoard.
+(`metrics.jsonl`) that scripts and tests can read without TensorBoard. Both live in
+WORKDIR/tensorboard/; the train loop flushes them at every log line (`flush`), so a killed run keeps
+every logged step.
 """
 import json
 import os
@@ -28,7 +30,7 @@ class MetricWriter:
       self._jsonl = open(os.path.join(logdir, 'metrics.jsonl'), 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
-    if not self.enabled:
+    if not self.enabled or not scalars:
       return
     scalars = {k: float(v) for k, v in scalars.items()}
     for k, v in scalars.items():

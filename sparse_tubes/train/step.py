@@ -49,6 +49,26 @@ def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapp
   return train_step
 
 
+def guard_nonfinite(train_step, skip: bool):
+  """`train_step` that also reports `train/finite` (1 when the loss and the gradient norm are
+  finite), fetched with the other metrics so the check costs no host sync (train/nonfinite.py).
+  With `skip` a non-finite step keeps the old parameters and optimizer state (`train/skipped` 1);
+  the step counter still advances, as the batch was consumed."""
+
+  def guarded(state, batch):
+    new, metrics = train_step(state, batch)
+    finite = jnp.isfinite(metrics['train/loss']) & jnp.isfinite(metrics['train/grad_norm'])
+    metrics['train/finite'] = finite.astype(jnp.float32)
+    if skip:  # Dropped inside the step: nothing non-finite reaches the state.
+      keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
+      new = {**new, 'params': keep(new['params'], state['params']),
+             'opt_state': keep(new['opt_state'], state['opt_state'])}
+      metrics['train/skipped'] = 1.0 - metrics['train/finite']
+    return new, metrics
+
+  return guarded
+
+
 def make_eval_step(graphdef, dataset: str):
   def eval_step(params, batch):
     logits = nnx.merge(graphdef, params)(batch['inputs'], dataset=dataset, train=False)
