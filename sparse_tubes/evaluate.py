@@ -36,7 +36,7 @@ import orbax.checkpoint as ocp
 
 from sparse_tubes import config as config_lib
 from sparse_tubes import run
-from sparse_tubes.evaluator import CONFUSED_PAIRS, CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
+from sparse_tubes.evaluator import CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
 from sparse_tubes.train import metrics
 
 MODES = ('latest', 'all', 'watch')
@@ -130,11 +130,7 @@ class _Run:
         w.writerow(['class', 'name', 'videos', 'top1'])
         for c in range(res['num_classes']):
           w.writerow([c, names[c], int(count[c]), f'{correct[c] / count[c]:.4f}' if count[c] else ''])
-      off = confusion * (1 - np.eye(len(confusion), dtype=np.int64))
-      order = np.argsort(-off, axis=None, kind='stable')[:CONFUSED_PAIRS]
-      res['most_confused'] = [
-          {'label': names[i], 'predicted': names[j], 'videos': int(off[i, j])}
-          for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
+      res = dict(res)
       if res['num_classes'] <= CONFUSION_PNG_MAX_CLASSES:
         res['confusion_png'] = _confusion_png(
             confusion, names, result_path(self.workdir, name, split, step, '_confusion.png'),

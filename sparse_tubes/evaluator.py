@@ -58,8 +58,16 @@ def class_table(pred: Predictions, num_classes: int):
   return confusion.sum(1), np.diag(confusion), confusion
 
 
+def most_confused(confusion: np.ndarray, names, n: int = CONFUSED_PAIRS) -> list[dict]:
+  """The n largest off-diagonal entries of the confusion matrix, as (label, predicted, videos)."""
+  off = confusion * (1 - np.eye(len(confusion), dtype=np.int64))
+  order = np.argsort(-off, axis=None, kind='stable')[:n]
+  return [{'label': names[i], 'predicted': names[j], 'videos': int(off[i, j])}
+          for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
+
+
 def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_videos: int,
-                     name: str = '', with_predictions: bool = False):
+                     name: str = '', with_predictions: bool = False, class_names=None):
   """Runs every view of the split and aggregates them per video; returns the results dict (and the
   `Predictions` when `with_predictions`)."""
   data = pipeline.eval_batches(ds_cfg, data_dir=data_dir, process_index=jax.process_index(),
@@ -105,7 +113,8 @@ def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_vi
                      aggregation=aggregation)
   corrupt = np.flatnonzero(corrupt_views > 0)
   n_views = int(counts.sum())
-  per_class, correct, _ = class_table(pred, sums.shape[-1])
+  per_class, correct, confusion = class_table(pred, sums.shape[-1])
+  names = class_names or [str(c) for c in range(sums.shape[-1])]
   present = per_class > 0
   if ds_cfg.kind != 'video':
     views = f'1x{ds_cfg.eval_spatial_views}'
@@ -124,7 +133,7 @@ def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_vi
       'corrupt_videos': int(len(corrupt)),
       'corrupt': [{'index': int(i), 'id': pipeline.key_string(keys[i]),
                    'views_failed': int(corrupt_views[i])} for i in corrupt],
-      'skipped_corrupt': data.stats.skipped,  # views that failed to decode on this host
+      'most_confused': most_confused(confusion, names),
   }
   return (result, pred) if with_predictions else result
 
@@ -148,7 +157,7 @@ class Evaluator:
         res, pred = evaluate_dataset(
             self.steps[name], params, ds, data_dir=self.data_dir, mesh=self.mesh, rules=self.rules,
             num_videos=self.infos[name].num_examples[ds.eval_split], name=name,
-            with_predictions=True)
+            with_predictions=True, class_names=self.infos[name].class_names)
         res['num_classes'] = self.infos[name].num_classes
         res['split'] = ds.eval_split
         results[name], predictions[name] = res, pred

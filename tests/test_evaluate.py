@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -296,3 +297,53 @@ def test_no_checkpoint_is_a_clear_error(make_config, tmp_path):
     evaluate.evaluate(make_config(), str(tmp_path))
   with pytest.raises(FileNotFoundError, match='Train first'):
     evaluate.evaluate_checkpoints(make_config(), str(tmp_path), 'all')
+
+
+TRAIN = """
+import sys
+import time
+sys.path.insert(0, {tests!r})
+from conftest import tiny_config
+from sparse_tubes.train import loop
+loop.train(tiny_config({data!r}, total_steps=20, checkpoint_every_steps=5, keep_checkpoints=10,
+                       log_every_steps=5, eval_datasets=('shapes_video',)), {workdir!r})
+"""
+
+
+@pytest.mark.slow
+def test_watch_beside_training(tiny_data_dir, tmp_path):
+  """`evaluate --checkpoint=watch --workdir=DIR` in its own process beside `train`: every
+  checkpoint the training writes (asynchronously) is evaluated once, and the watcher exits after
+  the last one."""
+  workdir = str(tmp_path / 'run')
+  train = subprocess.Popen(
+      [sys.executable, '-c', TRAIN.format(tests=os.path.join(REPO, 'tests'), data=tiny_data_dir,
+                                          workdir=workdir)],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    deadline = time.monotonic() + 300
+    while not run.has_workdir_config(workdir):  # --workdir alone: the config train wrote
+      assert train.poll() is None and time.monotonic() < deadline, train.communicate()[0][-3000:]
+      time.sleep(0.2)
+    watch = subprocess.run(
+        [sys.executable, '-m', 'sparse_tubes', 'evaluate', f'--workdir={workdir}',
+         '--checkpoint=watch', '--watch_timeout=300'],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    train_out = train.communicate(timeout=600)[0]
+  finally:
+    train.kill()
+  assert train.returncode == 0, train_out[-3000:]
+  assert watch.returncode == 0, watch.stderr[-3000:]
+  assert 'Evaluated the final step 20' in watch.stdout
+  assert watch.stdout.count('Evaluation of step') == 4
+  for step in (5, 10, 15, 20):
+    with open(evaluate.result_path(workdir, 'shapes_video', 'test', step)) as f:
+      r = json.load(f)
+    assert r['step'] == step and r['num_videos'] == r['split_size'] == 16
+
+
+def test_most_confused_pairs():
+  confusion = np.array([[5, 2, 0], [7, 1, 1], [0, 0, 3]])
+  pairs = evaluator.most_confused(confusion, ['a', 'b', 'c'], n=2)
+  assert pairs == [{'label': 'b', 'predicted': 'a', 'videos': 7},
+                   {'label': 'a', 'predicted': 'b', 'videos': 2}]
