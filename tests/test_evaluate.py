@@ -347,3 +347,25 @@ def test_most_confused_pairs():
   pairs = evaluator.most_confused(confusion, ['a', 'b', 'c'], n=2)
   assert pairs == [{'label': 'b', 'predicted': 'a', 'videos': 7},
                    {'label': 'a', 'predicted': 'b', 'videos': 2}]
+
+
+def test_corrupt_videos_are_counted_and_listed(monkeypatch):
+  """Video 1's views failed to decode (mask False, video_id set): listed with its id, not scored,
+  and the views still add up (nothing dropped)."""
+  from sparse_tubes import defaults
+  from sparse_tubes.train import sharding
+  key = np.zeros((4, evaluator.pipeline.KEY_BYTES), np.uint8)
+  key[2:, :3] = np.frombuffer(b'abc', np.uint8)
+  batch = dict(inputs=np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32),
+               label=np.array([0, 0, 1, 1], np.int32), key=key,
+               video_id=np.array([0, 0, 1, 1], np.int32), mask=np.array([True, True, False, False]))
+  data = evaluator.pipeline.EvalData([batch], num_videos=2, views_per_video=2, num_batches=1,
+                                     local_batch_size=4, stats=evaluator.pipeline.DataStats())
+  monkeypatch.setattr(evaluator.pipeline, 'eval_batches', lambda *a, **k: data)
+  mesh = sharding.make_mesh(defaults.base().mesh)
+  res = evaluator.evaluate_dataset(lambda p, b: {**b, 'logits': b['inputs']}, None,
+                                   defaults.dataset(eval_temporal_views=2), data_dir='', mesh=mesh,
+                                   rules=defaults.base().sharding_rules, num_videos=2)
+  assert res['num_videos'] == 1 and res['split_size'] == 2 and res['num_views'] == 2
+  assert res['corrupt_videos'] == 1
+  assert res['corrupt'] == [{'index': 1, 'id': 'abc', 'views_failed': 2}]
