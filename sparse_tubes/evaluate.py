@@ -250,7 +250,12 @@ def _guarded(one, step: int, workdir: str) -> bool:
     one(step)
     return True
   except Exception:  # noqa: BLE001 - re-raised unless the checkpoint is gone
-    if step in finalized_steps(workdir):
+    # A deletion in progress may still show the step for a moment: look again before failing.
+    for _ in range(3):
+      if step not in finalized_steps(workdir):
+        break
+      time.sleep(1.0)
+    else:
       raise
     print(f'step {step}: checkpoint deleted before it could be evaluated (the training keeps '
           f'config.keep_checkpoints); skipped', flush=True)
