@@ -14,6 +14,11 @@ from the checkpoint whatever its sizes; `--config` then only supplies the datase
 are kept). Without `--config`, one video dataset is set up at the checkpoint's clip size, named
 after the class count (400: kinetics400, 600: kinetics600, 700: kinetics700, 174: ssv2, else
 'video').
+
+Every dataset of the config written gets the normalization the checkpoint was trained with
+(`hf.PREPROCESSING`: Kinetics mean/std for TimeSformer, [-1, 1] for ViViT and big_vision ViTs;
+a HF TimeSformer's preprocessor_config.json when present), so that `evaluate`, `predict` and
+fine-tuning feed what it expects.
 """
 import os
 
@@ -48,8 +53,7 @@ def _default_dataset(imported: hf.Imported) -> tuple[str, ml_collections.ConfigD
   t, (h, _) = imported.num_frames, imported.image_size
   if imported.model['name'] == 'timesformer':  # 1x3 views, frames 1 in 32 (TimeSformer §4)
     ds = zoo.video_dataset(tfds_name, num_frames=t, frame_stride=32 if t <= 8 else 4,
-                           crop_size=h, min_resize=h, batch_size=8, views=(1, 3),
-                           normalization='imagenet')
+                           crop_size=h, min_resize=h, batch_size=8, views=(1, 3))
   else:  # ViViT: stride 2, 4x3 views
     ds = zoo.video_dataset(tfds_name, num_frames=t, frame_stride=2, crop_size=h, batch_size=8,
                            views=(4, 3))
@@ -85,9 +89,25 @@ def build_config(imported: hf.Imported, base=None) -> tuple[ml_collections.Confi
           f'the checkpoint was trained at {t}x{h}x{w} (its learned position tables): set '
           f'num_frames <= {t} and crop_size <= {min(h, w)}, or use config.init_from, which resizes '
           'them.')
+  set_preprocessing(c, imported.preprocessing)
   matches = [k for k in sorted(num_classes) if num_classes[k] == n and c.datasets[k].kind == 'video']
   head = matches[0] if matches else ''
   return c, num_classes, head
+
+
+def set_preprocessing(config, keys: dict) -> None:
+  """Every dataset of `config` feeds the checkpoint the normalization it was trained with
+  (`keys`: normalization, and norm_mean/norm_std for 'custom'); a change is printed."""
+  keys = {'norm_mean': (), 'norm_std': (), **keys}
+  for name, ds in config.datasets.items():
+    if ds.normalization != keys['normalization'] or (
+        keys['normalization'] == 'custom' and (tuple(ds.norm_mean), tuple(ds.norm_std)) !=
+        (keys['norm_mean'], keys['norm_std'])):
+      print(f"config.datasets.{name}.normalization: {ds.normalization!r} -> "
+            f"{keys['normalization']!r}, what the checkpoint was trained with"
+            + (f" (mean {keys['norm_mean']}, std {keys['norm_std']})"
+               if keys['normalization'] == 'custom' else ''), flush=True)
+    ds.update(keys)
 
 
 def _mesh_and_spec(config, num_classes):
@@ -126,7 +146,8 @@ def convert(source: str, input_path: str, workdir: str, config=None, *,
           'attention': cfg.model.attention, 'head': head,
           'num_classes': num_classes, 'labels': {head: list(imported.labels)}
           if head and imported.labels else {}, 'ignored_keys': imported.ignored,
-          'params': int(state_lib.param_count(spec.abstract_params))}
+          'params': int(state_lib.param_count(spec.abstract_params)),
+          'preprocessing': imported.preprocessing}
   if imported.head is not None and not head:
     info['dropped_head'] = (f'the checkpoint classifies {imported.head[1].shape[0]} classes; no '
                             f'video dataset of the config has that many: its heads start at zero')
@@ -141,6 +162,7 @@ def _convert_vit(input_path, workdir, config):
     raise ValueError('--from=vit_npz needs --config: the video model the image ViT is inflated into.')
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.init_from.update(kind='vit_npz', path=os.path.abspath(input_path))
+  set_preprocessing(cfg, hf.PREPROCESSING['vit_npz'])
   config_lib.validate(cfg)
   init_lib.validate(cfg)
   num_classes = run.num_classes(cfg)
@@ -154,7 +176,8 @@ def _convert_vit(input_path, workdir, config):
   info = {'from': 'vit_npz', 'input': os.path.abspath(input_path), 'step': 0,
           'checkpoint_dir': directory, 'model': cfg.model.name, 'head': '',
           'num_classes': num_classes, 'labels': {}, 'report': report,
-          'params': int(state_lib.param_count(spec.abstract_params))}
+          'params': int(state_lib.param_count(spec.abstract_params)),
+          'preprocessing': hf.PREPROCESSING['vit_npz']}
   run.write_converted(workdir, info)
   return info
 

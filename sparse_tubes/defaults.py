@@ -37,9 +37,15 @@ def dataset(**kw) -> ml_collections.ConfigDict:
       rrc_ratio=(0.75, 4 / 3),  # random_resized: aspect ratio (w/h) range
       randaugment_layers=0,    # RandAugment N (0: off); the same ops for every frame of a clip
       randaugment_magnitude=9,  # RandAugment M, 0..10
-      normalization='minus_one_to_one',  # or 'imagenet'
-      eval_temporal_views=1,
+      # Pixel normalization, the one the model was (pre)trained with: 'minus_one_to_one' ([-1, 1]),
+      # 'imagenet', 'kinetics' (mean 0.45, std 0.225), or 'custom' (norm_mean / norm_std per
+      # channel, on pixels in [0, 1]). `convert` sets it from the published checkpoint's source.
+      normalization='minus_one_to_one',
+      norm_mean=(),
+      norm_std=(),
+      eval_temporal_views=1,   # clips per video; 0: non-overlapping clips covering the whole video
       eval_spatial_views=1,
+      eval_aggregation='mean_logits',  # views -> video: 'mean_logits' or 'mean_softmax'
   ))
   d.update(kw)
   return d

@@ -1,46 +1,310 @@
-"""`python -m sparse_tubes evaluate`: multi-view evaluation of a checkpoint (evaluator.py) on every
-dataset of `config.eval_datasets`; results go to WORKDIR/eval_results.json and TensorBoard."""
+"""`python -m sparse_tubes evaluate`: multi-view evaluation (evaluator.py) of a workdir's
+checkpoints on every dataset of `config.eval_datasets`, each head on its own dataset.
+
+  evaluate --workdir=DIR [--config=...] [--checkpoint=latest|STEP|all|watch] [--force]
+           [--watch_timeout=S] [--save_predictions=FILE.npz]
+
+  latest  the newest checkpoint (default; --step=N is the same as --checkpoint=N)
+  STEP    that step
+  all     every checkpoint, oldest first; steps whose results are already on disk are skipped
+          (--force evaluates them again)
+  watch   a continuous evaluator beside a training job (another process, slice or machine reading
+          the same workdir): evaluates each checkpoint once Orbax has finalized it (a save in
+          progress is a temporary directory until it is renamed), skips a checkpoint that keep-N
+          deleted before it was read, and exits once the final step (config.total_steps or
+          num_epochs) is evaluated, or after --watch_timeout seconds without a new checkpoint.
+
+Per checkpoint and dataset, in DIR/eval/:
+  <dataset>_<split>_step<N>.json          the results (top-1/top-5 over videos and single views,
+                                          mean per-class accuracy, videos and views counted,
+                                          corrupt videos)
+  <dataset>_<split>_step<N>_classes.csv   class, name, videos, top-1
+  <dataset>_<split>_step<N>_confusion.png (<= 100 classes; needs matplotlib) or
+  <dataset>_<split>_step<N>_confused.csv  the most-confused (label, predicted) pairs
+and TensorBoard scalars in DIR/tensorboard/eval at the checkpoint's step; DIR/eval_results.json
+holds the last evaluation's summary.
+"""
+import csv
 import json
 import os
+import time
 
 import jax
+from jax.experimental import multihost_utils
+import numpy as np
+import orbax.checkpoint as ocp
 
 from sparse_tubes import config as config_lib
 from sparse_tubes import run
-from sparse_tubes.evaluator import Evaluator
+from sparse_tubes.evaluator import CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
 from sparse_tubes.train import metrics
 
+MODES = ('latest', 'all', 'watch')
 
-def evaluate(config, workdir: str, *, step: int | None = None) -> dict:
-  """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
-  config_lib.validate(config)
-  data_dir, infos = run.dataset_infos(config)
-  restored = run.restore_params(config, workdir, step, run.num_classes(config, infos))
-  step = restored.step
 
-  results = Evaluator(config, restored.spec, restored.mesh, restored.rules, data_dir,
-                      infos)(restored.params)
-  writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
-  writer.write_scalars(step, Evaluator.scalars(results))
-  writer.close()
-  summary = {'step': step, 'checkpoint_dir': restored.directory,
-             'tensorboard_dir': os.path.join(os.path.abspath(workdir), 'tensorboard'),
-             'datasets': results}
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'eval_results.json'), 'w') as f:
+def eval_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'eval')
+
+
+def result_path(workdir: str, dataset: str, split: str, step: int, suffix: str = '.json') -> str:
+  return os.path.join(eval_dir(workdir), f'{dataset}_{split}_step{step}{suffix}')
+
+
+def finalized_steps(workdir: str) -> list[int]:
+  """Steps whose checkpoint Orbax has finished writing (a save in progress is a temporary
+  directory, renamed when complete), oldest first."""
+  directory = run.checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory))
+
+
+def _agreed(steps: list[int]) -> list[int]:
+  """Process 0's list of steps, on every process: all of them must evaluate the same checkpoints
+  (each evaluation is a collective), whatever each one saw of the file system."""
+  if jax.process_count() == 1:
+    return steps
+  buf = np.full(256, -1, np.int64)
+  buf[:len(steps[:256])] = steps[:256]
+  return [int(s) for s in multihost_utils.broadcast_one_to_all(buf) if s != -1]
+
+
+def parse_checkpoint(value: str | None, step: int | None = None) -> str | int:
+  """--checkpoint (and the older --step) -> 'latest' | 'all' | 'watch' | a step."""
+  if step is not None:
+    if value not in (None, 'latest', str(step)):
+      raise ValueError(f'--step={step} and --checkpoint={value} disagree: give one of them.')
+    return int(step)
+  value = value or 'latest'
+  if value in MODES:
+    return value
+  if value.isdigit():
+    return int(value)
+  raise ValueError(f'--checkpoint={value!r}: use latest, all, watch or a step number.')
+
+
+class _Run:
+  """One workdir's evaluation: the compiled Evaluator (built once), the writers, the files."""
+
+  def __init__(self, config, workdir: str, save_predictions: str | None):
+    config_lib.validate(config)
+    self.config, self.workdir, self.save_predictions = config, workdir, save_predictions
+    self.data_dir, self.infos = run.dataset_infos(config)
+    self.classes = run.num_classes(config, self.infos)
+    self.evaluator = None
+    self.writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard', 'eval'))
+
+  def final_step(self) -> int:
+    return config_lib.total_steps(self.config, {
+        n: i.num_examples[self.config.datasets[n].train_split] for n, i in self.infos.items()})
+
+  def done(self, step: int) -> bool:
+    names = list(self.config.eval_datasets) or sorted(self.config.datasets)
+    return all(os.path.exists(result_path(self.workdir, n, self.config.datasets[n].eval_split, step))
+               for n in names)
+
+  def __call__(self, step: int | None) -> dict:
+    restored = run.restore_params(self.config, self.workdir, step, self.classes)
+    if self.evaluator is None:  # compiled once, for every checkpoint of the run
+      self.evaluator = Evaluator(self.config, restored.spec, restored.mesh, restored.rules,
+                                 self.data_dir, self.infos)
+    results, predictions = self.evaluator(restored.params, with_predictions=True)
+    step = restored.step
+    summary = {'step': step, 'checkpoint_dir': restored.directory,
+               'tensorboard_dir': os.path.abspath(self.writer.logdir),
+               'eval_dir': os.path.abspath(eval_dir(self.workdir)), 'datasets': results}
+    self.writer.write_scalars(step, Evaluator.scalars(results))
+    self.writer.flush()
+    if jax.process_index() == 0:
+      self._write(step, summary, predictions)
+    return summary
+
+  def _write(self, step: int, summary: dict, predictions: dict):
+    os.makedirs(eval_dir(self.workdir), exist_ok=True)
+    for name, res in summary['datasets'].items():
+      pred, names = predictions[name], self.infos[name].class_names
+      split = res['split']
+      count, correct, confusion = class_table(pred, res['num_classes'])
+      with open(result_path(self.workdir, name, split, step, '_classes.csv'), 'w', newline='') as f:
+        w = csv.writer(f)
+        w.writerow(['class', 'name', 'videos', 'top1'])
+        for c in range(res['num_classes']):
+          w.writerow([c, names[c], int(count[c]), f'{correct[c] / count[c]:.4f}' if count[c] else ''])
+      res = dict(res)
+      if res['num_classes'] <= CONFUSION_PNG_MAX_CLASSES:
+        res['confusion_png'] = _confusion_png(
+            confusion, names, result_path(self.workdir, name, split, step, '_confusion.png'),
+            f'{name} ({split}), step {step}')
+      else:
+        with open(result_path(self.workdir, name, split, step, '_confused.csv'), 'w',
+                  newline='') as f:
+          w = csv.writer(f)
+          w.writerow(['label', 'predicted', 'videos'])
+          w.writerows([p['label'], p['predicted'], p['videos']] for p in res['most_confused'])
+      with open(result_path(self.workdir, name, split, step), 'w') as f:
+        json.dump({'step': step, 'dataset': name, **res}, f, indent=2)
+    with open(os.path.join(self.workdir, 'eval_results.json'), 'w') as f:
       json.dump(summary, f, indent=2)
-  return summary
+    if self.save_predictions:
+      save_predictions(self.save_predictions, predictions, step)
+
+  def close(self):
+    self.writer.close()
+
+
+def _confusion_png(confusion: np.ndarray, names, path: str, title: str) -> str:
+  """The confusion matrix (rows: label, columns: predicted) as a PNG; '' without matplotlib."""
+  try:
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot as plt
+  except ImportError:
+    return ''  # optional: pip install matplotlib (in the `test` extra)
+  n = len(confusion)
+  size = min(4 + 0.25 * n, 30)
+  fig, ax = plt.subplots(figsize=(size, size))
+  ax.imshow(confusion, cmap='Blues')
+  ticks = np.arange(n)
+  ax.set_xticks(ticks, [str(s) for s in names], rotation=90, fontsize=max(4, 10 - n // 15))
+  ax.set_yticks(ticks, [str(s) for s in names], fontsize=max(4, 10 - n // 15))
+  ax.set_xlabel('predicted')
+  ax.set_ylabel('label')
+  ax.set_title(title)
+  fig.tight_layout()
+  fig.savefig(path, dpi=80)
+  plt.close(fig)
+  return os.path.abspath(path)
+
+
+def save_predictions(path: str, predictions: dict, step: int) -> str:
+  """Per-video aggregated scores of each dataset, for error analysis and ensembling: an .npz with,
+  per dataset D, D/index (position in the split), D/id (the dataset's video id), D/label and
+  D/scores (videos, classes: mean logits or mean softmax, D/aggregation says). With several
+  checkpoints (all, watch) the step goes into the name: FILE_step<N>.npz."""
+  arrays = {}
+  for name, p in predictions.items():
+    arrays.update({f'{name}/index': p.index, f'{name}/id': np.array(p.key), f'{name}/label': p.label,
+                   f'{name}/scores': p.scores, f'{name}/aggregation': np.array(p.aggregation)})
+  arrays['step'] = np.array(step)
+  os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
+  np.savez(path, **arrays)
+  return path
+
+
+def evaluate(config, workdir: str, *, step: int | None = None,
+             save_predictions: str | None = None) -> dict:
+  """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
+  job = _Run(config, workdir, save_predictions)
+  try:
+    return job(step)
+  finally:
+    job.close()
+
+
+def evaluate_checkpoints(config, workdir: str, checkpoint: str | int = 'latest', *,
+                         force: bool = False, watch_timeout: float = 3600.0,
+                         poll_s: float = 5.0, save_predictions: str | None = None,
+                         on_result=None) -> list[dict]:
+  """--checkpoint=latest|STEP|all|watch; returns the summaries of the checkpoints evaluated, oldest
+  first, and hands each to `on_result` as it is done (the command prints its table)."""
+  if checkpoint not in MODES and not isinstance(checkpoint, int):
+    checkpoint = parse_checkpoint(str(checkpoint))
+  job = _Run(config, workdir, None)
+  summaries = []
+
+  def one(step):
+    if save_predictions and checkpoint in ('all', 'watch'):
+      root, ext = os.path.splitext(save_predictions)
+      job.save_predictions = f'{root}_step{step}{ext or ".npz"}'
+    else:
+      job.save_predictions = save_predictions
+    summary = job(step)
+    summaries.append(summary)
+    if on_result:
+      on_result(summary)
+
+  try:
+    if checkpoint == 'latest' or isinstance(checkpoint, int):
+      one(None if checkpoint == 'latest' else checkpoint)
+    elif checkpoint == 'all':
+      steps = finalized_steps(workdir)
+      if not steps:
+        run.restore_params(config, workdir)  # raises the "Train first" error
+      todo = _agreed([s for s in steps if force or not job.done(s)])
+      for s in steps:
+        if s not in todo:
+          print(f'step {s}: already evaluated ({eval_dir(workdir)}); --force evaluates it again',
+                flush=True)
+      for s in todo:
+        _guarded(one, s, workdir)
+    else:
+      _watch(job, one, workdir, force=force, timeout=watch_timeout, poll_s=poll_s)
+  finally:
+    job.close()
+  return summaries
+
+
+def _guarded(one, step: int, workdir: str) -> bool:
+  """Evaluates `step`; a checkpoint deleted meanwhile (keep-N) is skipped with a line."""
+  try:
+    one(step)
+    return True
+  except Exception:  # noqa: BLE001 - re-raised unless the checkpoint is gone
+    # A deletion in progress may still show the step for a moment: look again before failing.
+    for _ in range(3):
+      if step not in finalized_steps(workdir):
+        break
+      time.sleep(1.0)
+    else:
+      raise
+    print(f'step {step}: checkpoint deleted before it could be evaluated (the training keeps '
+          f'config.keep_checkpoints); skipped', flush=True)
+    return False
+
+
+def _watch(job: _Run, one, workdir: str, *, force: bool, timeout: float, poll_s: float):
+  final = job.final_step()
+  seen, last_new = set(), time.monotonic()
+  print(f'Watching {run.checkpoint_dir(workdir)} until step {final} (or {timeout:.0f} s without a '
+        'new checkpoint)', flush=True)
+  while True:
+    new = [s for s in finalized_steps(workdir) if s not in seen]
+    # -s - 2 marks a step already evaluated (its results on disk): seen, not evaluated again.
+    new = _agreed([s if force or not job.done(s) else -s - 2 for s in new])
+    if new:
+      last_new = time.monotonic()
+    # Oldest first: keep-N deletes the oldest, so one may go while an earlier one is evaluated;
+    # _guarded then skips it.
+    for s in new:
+      if s < -1:
+        s = -s - 2
+        print(f'step {s}: already evaluated; skipped', flush=True)
+      else:
+        _guarded(one, s, workdir)
+      seen.add(s)
+      if s >= final:
+        print(f'Evaluated the final step {final}; done.', flush=True)
+        return
+    if time.monotonic() - last_new > timeout:
+      print(f'No new checkpoint for {timeout:.0f} s (--watch_timeout); stopping.', flush=True)
+      return
+    time.sleep(poll_s)
 
 
 def results_table(summary: dict) -> str:
-  rows = [('dataset', 'top-1', 'top-5', 'chance', 'videos', 'views (TxS)')]
+  rows = [('dataset', 'top-1', 'top-5', 'view top-1', 'class-mean', 'chance', 'videos', 'views')]
   for name, r in summary['datasets'].items():
+    videos = f"{r['num_videos']}/{r['split_size']}" + (
+        f" ({r['corrupt_videos']} corrupt)" if r['corrupt_videos'] else '')
     rows.append((name, f"{100 * r['top1']:.1f}%", f"{100 * r['top5']:.1f}%",
-                 f"{100 / r['num_classes']:.1f}%", str(r['num_videos']), r['views_per_video']))
+                 f"{100 * r['view_top1']:.1f}%", f"{100 * r['mean_class_accuracy']:.1f}%",
+                 f"{100 / r['num_classes']:.1f}%", videos,
+                 f"{r['num_views']} ({r['views_per_video']}, {r['aggregation']})"))
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   fmt = lambda row: '  '.join(c.ljust(w) for c, w in zip(row, widths))
   lines = [f"Evaluation of step {summary['step']}", fmt(rows[0]), fmt(['-' * w for w in widths])]
   lines += [fmt(r) for r in rows[1:]]
   lines += [f"checkpoints: {summary['checkpoint_dir']}",
+            f"results:     {summary['eval_dir']}",
             f"tensorboard: {summary['tensorboard_dir']}  (tensorboard --logdir <that>)"]
   return '\n'.join(lines)

@@ -1,7 +1,9 @@
 """Command line.
 
   python -m sparse_tubes train    --config=CONFIG.py[:arg] --workdir=DIR
-  python -m sparse_tubes evaluate --config=CONFIG.py[:arg] --workdir=DIR [--step=N]
+  python -m sparse_tubes evaluate --config=CONFIG.py[:arg] --workdir=DIR
+                                  [--checkpoint=latest|STEP|all|watch] [--force]
+                                  [--watch_timeout=S] [--save_predictions=FILE.npz]
   python -m sparse_tubes info     --config=CONFIG.py[:arg] [--json]
   python -m sparse_tubes prepare  DATASET --manual_dir=DIR [--data_dir=DIR] [--workers=N]
   python -m sparse_tubes convert  --from=hf|timesformer|vit_npz --input=PATH [--config=...] --workdir=DIR
@@ -28,6 +30,17 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_co
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Where checkpoints, logs and results go.')
 _STEP = flags.DEFINE_integer('step', None, 'evaluate, predict, convert --to: checkpoint step '
                              '(default: the latest).')
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'evaluate: latest (default), a step, all (every checkpoint, oldest first, '
+    'skipping those with results in DIR/eval unless --force) or watch (evaluate each new checkpoint '
+    'of a running training until its final step).')
+_FORCE = flags.DEFINE_bool('force', False, 'evaluate --checkpoint=all|watch: evaluate again the '
+                           'checkpoints whose results are already in DIR/eval.')
+_WATCH_TIMEOUT = flags.DEFINE_float('watch_timeout', 3600.0, 'evaluate --checkpoint=watch: stop '
+                                    'after this many seconds without a new checkpoint.')
+_SAVE_PREDICTIONS = flags.DEFINE_string(
+    'save_predictions', None, 'evaluate: write per-video aggregated scores, video ids and labels '
+    'to this .npz (all/watch: one FILE_step<N>.npz per checkpoint).')
 _JSON = flags.DEFINE_bool('json', False, 'info: print one JSON object instead of tables.')
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'prepare: where the downloaded dataset is.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'prepare: TFDS data dir to write (default: '
@@ -131,10 +144,16 @@ def main(argv):
   elif command == 'evaluate':
     from sparse_tubes import evaluate
     try:
-      summary = evaluate.evaluate(config, workdir, step=_STEP.value)
+      checkpoint = evaluate.parse_checkpoint(_CHECKPOINT.value, _STEP.value)
+    except ValueError as e:
+      raise app.UsageError(str(e)) from None
+    try:
+      evaluate.evaluate_checkpoints(
+          config, workdir, checkpoint, force=_FORCE.value, watch_timeout=_WATCH_TIMEOUT.value,
+          save_predictions=_SAVE_PREDICTIONS.value,
+          on_result=lambda s: print(evaluate.results_table(s), flush=True))
     except (run.CheckpointError, FileNotFoundError) as e:
       raise SystemExit(f'Error: {e}') from None
-    print(evaluate.results_table(summary), flush=True)
 
 
 def run():

@@ -6,7 +6,8 @@
 A video file is decoded with PyAV (data/video_io.py) and cut into the eval views of the dataset
 whose head is used (`eval_temporal_views` x `eval_spatial_views` clips of `num_frames` at
 `frame_stride`, short side resized to `min_resize`, crops of `crop_size`, the dataset's
-normalization: exactly the multi-view evaluation's pre-processing, data/pipeline.py); the views'
+normalization, which `convert` sets to the one the checkpoint was trained with: exactly the
+multi-view evaluation's pre-processing, data/pipeline.py); the views'
 logits are averaged. A `.npy` file holds a float32 clip batch (B, T, H, W, C), already normalized,
 and is fed as is (one row of logits per clip). The top classes are printed with their names
 (the HF config's id2label for converted checkpoints, else the dataset's class names).

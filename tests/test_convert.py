@@ -147,3 +147,33 @@ def test_convert_vit_npz_inflates_into_the_config_model(tmp_path):
   got = restored['params']['encoder']['blocks']['0']['attention']['query']
   np.testing.assert_allclose(got, image_params['encoder']['blocks'][0]['attention']['query'],
                              rtol=1e-6)
+
+
+def test_preprocessing_of_each_source(tmp_path):
+  """Each source's normalization: TimeSformer Kinetics mean/std (or its preprocessor_config.json),
+  ViViT and big_vision ViTs [-1, 1]."""
+  from sparse_tubes.pretrained import hf
+  assert hf.preprocessing('timesformer', 'x.pyth') == {'normalization': 'kinetics'}
+  assert hf.preprocessing('vivit', str(tmp_path)) == {'normalization': 'minus_one_to_one'}
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(
+      {'image_mean': [0.45, 0.45, 0.45], 'image_std': [0.225, 0.225, 0.225]}))
+  assert hf.preprocessing('timesformer', str(tmp_path)) == {'normalization': 'kinetics'}
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(
+      {'image_mean': [0.4, 0.5, 0.6], 'image_std': [0.2, 0.25, 0.3]}))
+  assert hf.preprocessing('timesformer', str(tmp_path)) == {
+      'normalization': 'custom', 'norm_mean': (0.4, 0.5, 0.6), 'norm_std': (0.2, 0.25, 0.3)}
+
+
+def test_custom_normalization():
+  from sparse_tubes import defaults
+  from sparse_tubes.data import pipeline, transforms
+  ds = defaults.dataset(tfds_name='x', normalization='custom', norm_mean=(0.4, 0.5, 0.6),
+                        norm_std=(0.2, 0.25, 0.3))
+  pipeline.validate(ds)
+  x = np.full((2, 3, 3), 255, np.uint8)
+  out = transforms.normalize(x, pipeline.normalization(ds))
+  np.testing.assert_allclose(out[0, 0], [(1 - 0.4) / 0.2, (1 - 0.5) / 0.25, (1 - 0.6) / 0.3],
+                             rtol=1e-5)
+  ds.norm_std = ()
+  with pytest.raises(ValueError, match='norm_mean and norm_std'):
+    pipeline.validate(ds)

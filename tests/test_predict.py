@@ -1,4 +1,6 @@
 """`predict` on a real video file (written with PyAV) through the eval views, and on a .npy batch."""
+import json
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,7 @@ from tests.pretrained import hf_helpers as H  # noqa: E402
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
   """A HF TimeSformer (divided, 6 labels) converted without --config: one 'video' dataset at the
-  checkpoint's clip size (4x32x32), 1x3 views, ImageNet normalization."""
+  checkpoint's clip size (4x32x32), 1x3 views, TimeSformer's Kinetics normalization."""
   root = tmp_path_factory.mktemp('predict')
   model = H.hf_model('timesformer', 'divided_space_time', num_labels=6, seed=4)
   model.save_pretrained(root / 'hf')
@@ -25,7 +27,9 @@ def test_predict_video_file_through_eval_views(workdir, tmp_path, capsys):
   model, work = workdir
   config = run.load_workdir(str(work))
   ds = config.datasets.video
-  assert (ds.eval_temporal_views, ds.eval_spatial_views, ds.normalization) == (1, 3, 'imagenet')
+  # The normalization of the source (TimeSformer: Kinetics mean 0.45, std 0.225), from convert.
+  assert (ds.eval_temporal_views, ds.eval_spatial_views, ds.normalization) == (1, 3, 'kinetics')
+  assert json.load(open(work / 'converted.json'))['preprocessing'] == {'normalization': 'kinetics'}
   config.unlock()
   ds.frame_stride = 2  # a 30-frame video holds a 4-frame clip at stride 2
   frames = np.random.default_rng(0).integers(0, 255, (30, 36, 48, 3), np.uint8)
@@ -34,6 +38,10 @@ def test_predict_video_file_through_eval_views(workdir, tmp_path, capsys):
 
   views = predict.video_views(path, ds)
   assert views.shape == (3, H.T, H.SIZE, H.SIZE, 3) and views.dtype == np.float32
+  # predict fed (pixel / 255 - 0.45) / 0.225: undone, the views are whole pixel values again.
+  pixels = (views * 0.225 + 0.45) * 255
+  np.testing.assert_allclose(pixels, np.round(pixels), atol=2e-3)
+  assert pixels.min() > -0.01 and pixels.max() < 255.01
   result = predict.predict(config, str(work), path, top_k=2, save_logits=str(tmp_path / 'l.npy'))
   assert result['kind'] == 'video' and result['views'] == 3 and result['dataset'] == 'video'
   logits = np.load(tmp_path / 'l.npy')

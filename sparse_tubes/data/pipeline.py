@@ -4,14 +4,17 @@ Train: an endless, shuffled, per-host slice of the split; every element is decod
 its own rng (derived from the seed and the element's global position, so results do not depend on the
 worker count), then batched to the host's share of the global batch. The iterator is checkpointable.
 
-Eval: every video expands to temporal x spatial views; each host takes its slice of the views, padded
-so that every host yields the same number of full batches (padding has mask=False).
+Eval: every video expands to temporal x spatial views (or, with eval_temporal_views=0, to as many
+non-overlapping clips as cover it, times the spatial views); each host takes its slice of the views,
+padded so that every host yields the same number of full batches (padding has mask=False).
 
 Batches are dicts of numpy arrays:
   train: {'inputs': float32 (b, T, H, W, 3) or (b, H, W, 3), 'label': int32 (b,)}
-  eval:  the same plus 'video_id' int32 (index in the split, -1 for padding), 'view' int32 and
-         'mask' bool (False for padding and for examples that failed to decode).
+  eval:  the same plus 'video_id' int32 (index in the split, -1 for padding), 'view' int32,
+         'mask' bool (False for padding and for examples that failed to decode) and 'key' uint8
+         (b, KEY_BYTES): the example's id in the dataset (its 'video_id' or 'id'), UTF-8, 0-padded.
 """
+import concurrent.futures
 import dataclasses
 import math
 import threading
@@ -27,7 +30,9 @@ from sparse_tubes.data import transforms
 
 KINDS = ('video', 'image')
 SAMPLINGS = ('stride', 'segment')
-NORMALIZATIONS = ('minus_one_to_one', 'imagenet', 'kinetics')
+NORMALIZATIONS = ('minus_one_to_one', 'imagenet', 'kinetics', 'custom')
+AGGREGATIONS = ('mean_logits', 'mean_softmax')
+KEY_BYTES = 64
 TRAIN_CROPS = ('scale_jitter', 'random_resized')
 
 
@@ -41,15 +46,26 @@ def validate(ds_cfg, *, name: str = '', process_count: int = 1) -> None:
     raise ValueError(f"{key}.tfds_name is empty: set it, e.g. 'moving_shapes/video'.")
   for field, value, allowed in (('kind', c.kind, KINDS), ('sampling', c.sampling, SAMPLINGS),
                                 ('normalization', c.normalization, NORMALIZATIONS),
-                                ('train_crop', c.train_crop, TRAIN_CROPS)):
+                                ('train_crop', c.train_crop, TRAIN_CROPS),
+                                ('eval_aggregation', c.eval_aggregation, AGGREGATIONS)):
     if value not in allowed:
       raise ValueError(f'{key}.{field}={value!r} is unknown: use one of {allowed}.')
   positive = ['batch_size', 'eval_batch_size', 'crop_size', 'min_resize', 'eval_spatial_views']
   if c.kind == 'video':
-    positive += ['num_frames', 'frame_stride', 'eval_temporal_views']
+    positive += ['num_frames', 'frame_stride']
   for field in positive:
     if c[field] < 1:
       raise ValueError(f'{key}.{field}={c[field]} must be at least 1.')
+  if c.kind == 'video' and c.eval_temporal_views < 0:
+    raise ValueError(f'{key}.eval_temporal_views={c.eval_temporal_views}: use >= 1 views, or 0 for '
+                     'non-overlapping clips covering the whole video.')
+  if c.kind == 'video' and c.eval_temporal_views == 0 and c.sampling != 'stride':
+    raise ValueError(f"{key}.eval_temporal_views=0 (whole video) needs sampling='stride'; "
+                     f"sampling={c.sampling!r} already spreads one clip over the whole video.")
+  if c.normalization == 'custom' and not (len(c.norm_mean) == len(c.norm_std) == 3
+                                          and min(c.norm_std) > 0):
+    raise ValueError(f"{key}.normalization='custom' needs norm_mean and norm_std, 3 values each "
+                     f"(std > 0, on pixels in [0, 1]); got {tuple(c.norm_mean)}, {tuple(c.norm_std)}.")
   if c.crop_size > c.min_resize:
     raise ValueError(f'{key}.crop_size={c.crop_size} is larger than min_resize={c.min_resize}: '
                      f'the short side is resized to min_resize before cropping; raise min_resize or '
@@ -84,8 +100,8 @@ class _Spec:
   min_resize: int
   max_resize: int
   flip: bool
-  normalization: str
-  temporal_views: int
+  normalization: str | tuple  # a name of transforms.normalize, or ('custom', mean, std)
+  temporal_views: int        # 0: non-overlapping clips over the whole video
   spatial_views: int
   train_crop: str = 'scale_jitter'
   rrc_scale: tuple = (0.08, 1.0)
@@ -99,12 +115,20 @@ class _Spec:
     return cls(tfds_name=c.tfds_name, split=split, kind=c.kind,
                num_frames=c.num_frames if video else 1, frame_stride=c.frame_stride,
                sampling=c.sampling, crop_size=c.crop_size, min_resize=c.min_resize,
-               max_resize=c.max_resize, flip=bool(c.flip), normalization=c.normalization,
+               max_resize=c.max_resize, flip=bool(c.flip), normalization=normalization(c),
                temporal_views=c.eval_temporal_views if video else 1,
                spatial_views=c.eval_spatial_views, train_crop=c.train_crop,
                rrc_scale=tuple(c.rrc_scale), rrc_ratio=tuple(c.rrc_ratio),
                randaugment_layers=c.randaugment_layers,
                randaugment_magnitude=c.randaugment_magnitude)
+
+
+def normalization(ds_cfg) -> str | tuple:
+  """What `transforms.normalize` takes for a dataset: its name, or ('custom', mean, std)."""
+  if ds_cfg.normalization == 'custom':
+    return ('custom', tuple(float(v) for v in ds_cfg.norm_mean),
+            tuple(float(v) for v in ds_cfg.norm_std))
+  return ds_cfg.normalization
 
 
 # ------------------------------------------------------------------------- sources and statistics
@@ -188,6 +212,8 @@ def _frame_indices(spec: _Spec, n: int, rng, temporal_view: int) -> np.ndarray:
     return transforms.segment_indices_eval(n, spec.num_frames, temporal_view, spec.temporal_views)
   if rng is not None:
     start = transforms.stride_start_train(n, spec.num_frames, spec.frame_stride, rng)
+  elif spec.temporal_views == 0:  # whole video: clip t starts where clip t-1 ended
+    start = temporal_view * spec.num_frames * spec.frame_stride
   else:
     start = transforms.stride_starts_eval(n, spec.num_frames, spec.frame_stride,
                                           spec.temporal_views)[temporal_view]
@@ -270,7 +296,7 @@ class _SkipCorruptIterator(grain.DatasetIterator):
 @dataclasses.dataclass(frozen=True)
 class _Normalize(grain.transforms.Map):
   """uint8 -> float32 on whole batches: per-element buffers stay 4x smaller until here."""
-  method: str
+  method: str | tuple
 
   def map(self, batch):
     return {**batch, 'inputs': transforms.normalize(batch['inputs'], self.method)}
@@ -317,25 +343,59 @@ def train_iterator(ds_cfg, *, data_dir: str, seed: int, process_index: int, proc
 
 # ------------------------------------------------------------------------------------------ eval
 
+def _key(element) -> np.ndarray:
+  """The example's id in the dataset ('video_id', else 'id'), as KEY_BYTES of 0-padded UTF-8."""
+  value = element.get('video_id', element.get('id', ''))
+  if isinstance(value, np.ndarray):
+    value = value.item()
+  if isinstance(value, bytes):
+    value = value.decode('utf-8', 'replace')
+  out = np.zeros(KEY_BYTES, np.uint8)
+  raw = str(value).encode('utf-8')[:KEY_BYTES]
+  out[:len(raw)] = np.frombuffer(raw, np.uint8)
+  return out
+
+
+def key_string(key: np.ndarray) -> str:
+  return bytes(np.asarray(key, np.uint8)).rstrip(b'\0').decode('utf-8', 'replace')
+
+
+def _clips_per_video(spec: _Spec, source, read_threads: int) -> np.ndarray:
+  """Temporal views of every video: `temporal_views`, or for 0 (whole video) as many
+  non-overlapping clips of num_frames x frame_stride as cover it (the last one loops to the start
+  when the video does not fill it). The whole-video count reads every video's frame count once."""
+  if spec.kind == 'image':
+    return np.ones(len(source), np.int64)
+  if spec.temporal_views:
+    return np.full(len(source), spec.temporal_views, np.int64)
+  span = spec.num_frames * spec.frame_stride
+  with concurrent.futures.ThreadPoolExecutor(max(read_threads, 1)) as pool:
+    lengths = list(pool.map(lambda i: len(source[i]['video']), range(len(source))))
+  return np.maximum(1, -(-np.asarray(lengths, np.int64) // span))
+
+
 @dataclasses.dataclass(frozen=True)
 class _EvalView(grain.transforms.Map):
-  """View index -> one decoded, cropped view; indices past the end are padding."""
+  """View index -> one decoded, cropped view; indices past the end are padding. Video v owns the
+  views offsets[v] .. offsets[v + 1] - 1, temporal-major (spatial views of clip 0 first)."""
   spec: _Spec
   source: object
   stats: DataStats
+  offsets: np.ndarray  # (num_videos + 1,) first view of each video
 
   def map(self, index):
     s = self.spec
-    views = s.temporal_views * s.spatial_views
     shape = ((s.num_frames,) if s.kind == 'video' else ()) + (s.crop_size, s.crop_size, 3)
     out = {'inputs': np.zeros(shape, np.uint8), 'label': np.int32(0), 'video_id': np.int32(-1),
-           'view': np.int32(0), 'mask': np.False_}
-    if index >= len(self.source) * views:
+           'view': np.int32(0), 'mask': np.False_, 'key': np.zeros(KEY_BYTES, np.uint8)}
+    if index >= self.offsets[-1]:
       return out
-    video_id, view = divmod(int(index), views)
+    video_id = int(np.searchsorted(self.offsets, index, side='right')) - 1
+    view = int(index) - int(self.offsets[video_id])
     temporal_view, spatial_view = divmod(view, s.spatial_views)
     element = self.source[video_id]
-    out.update(label=np.int32(element['label']), video_id=np.int32(video_id), view=np.int32(view))
+    out.update(label=np.int32(element['label']), video_id=np.int32(video_id), view=np.int32(view),
+               key=_key(element))
     try:
       frames = _decode(s, element, temporal_view=temporal_view)
     except transforms.DecodeError as e:
@@ -353,7 +413,7 @@ class EvalData:
   """Re-iterable eval batches of one host; every host yields `num_batches` batches."""
   dataset: grain.IterDataset
   num_videos: int
-  views_per_video: int
+  views_per_video: int | np.ndarray  # an int, or (num_videos,) for whole-video evaluation
   num_batches: int
   local_batch_size: int
   stats: DataStats  # views of corrupt videos (kept as masked padding), counted while iterating
@@ -371,17 +431,19 @@ def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: in
   spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
   source = data_source(ds_cfg, data_dir, ds_cfg.eval_split, name=name)
   local_batch = ds_cfg.eval_batch_size // process_count
-  views = spec.temporal_views * spec.spatial_views
-  num_batches = math.ceil(len(source) * views / (local_batch * process_count))
+  views = _clips_per_video(spec, source, read_threads) * spec.spatial_views
+  offsets = np.concatenate([[0], np.cumsum(views)])
+  num_batches = math.ceil(int(offsets[-1]) / (local_batch * process_count))
   padded = num_batches * local_batch * process_count
 
   ds = grain.MapDataset.range(padded)[process_index::process_count]
   stats = DataStats()
-  ds = ds.map(_EvalView(spec, source, stats))
+  ds = ds.map(_EvalView(spec, source, stats, offsets))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=2 * local_batch))
   ds = ds.batch(local_batch).map(_Normalize(spec.normalization))
-  return EvalData(ds, num_videos=len(source), views_per_video=views, num_batches=num_batches,
+  per_video = int(views[0]) if spec.temporal_views and len(views) else views
+  return EvalData(ds, num_videos=len(source), views_per_video=per_video, num_batches=num_batches,
                   local_batch_size=local_batch, stats=stats)
 
 
@@ -391,8 +453,9 @@ def video_eval_views(ds_cfg, frames: np.ndarray) -> np.ndarray:
   """(views, T, H, W, C) float32 eval views of one decoded video (uint8 frames (n, h, w, 3)): the
   multi-view evaluation's clips, crops and normalization, in its view order (temporal-major)."""
   spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
+  clips = spec.temporal_views or max(1, -(-len(frames) // (spec.num_frames * spec.frame_stride)))
   views = []
-  for tv in range(spec.temporal_views):
+  for tv in range(clips):
     clip = _decode(spec, {'video': frames}, temporal_view=tv)
     for sv in range(spec.spatial_views):
       views.append(transforms.eval_spatial(clip, min_resize=spec.min_resize,

@@ -284,18 +284,22 @@ def eval_spatial(frames, *, min_resize, crop_size, view, num_views):
 def normalize(x: np.ndarray, method: str) -> np.ndarray:
   """uint8 -> float32: 'minus_one_to_one' gives [-1, 1]; 'imagenet' and 'kinetics' subtract the
   mean and divide by the std of those datasets (use 'kinetics' for converted TimeSformer
-  checkpoints)."""
+  checkpoints); ('custom', mean, std) takes the per-channel mean and std of pixels in [0, 1] (a
+  published checkpoint's image processor values)."""
   # Temporaries of a batch's size cost more than the arithmetic: one float32 buffer, in place.
-  if method not in _MEAN_STD:
+  if isinstance(method, tuple):  # ('custom', mean, std), both on pixels in [0, 1]
+    mean, std = (np.array(v, np.float32) * 255 for v in method[1:])
+  elif method not in _MEAN_STD:
     raise ValueError(f'unknown normalization {method!r}; use one of {tuple(_MEAN_STD)}')
-  if method == 'minus_one_to_one':
+  elif method == 'minus_one_to_one':
     out = np.array(x, np.float32)  # A new array: the caller's stays as it is.
     out *= np.float32(1 / 127.5)
     out -= 1  # Exactly -1 and 1 at 0 and 255.
     return out
+  else:
+    mean, std = _MEAN_STD[method]
   # Per-channel constants: OpenCV's per-channel scalars beat numpy's broadcasting over a last axis
   # of 3 by 4x, with the same float32 results.
-  mean, std = _MEAN_STD[method]
   shape = np.shape(x)
   flat = np.ascontiguousarray(x).reshape(-1, shape[-2] if len(shape) > 1 else 1, 3)
   out = cv2.subtract(flat, (*mean.tolist(), 0.0), dtype=cv2.CV_32F)

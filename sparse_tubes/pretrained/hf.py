@@ -327,6 +327,43 @@ def normalize_keys(sd: dict, model_type: str) -> tuple[dict, dict]:
   return base, extra
 
 
+# The pixel pre-processing each source was trained with, as dataset config keys (defaults.dataset()):
+# evaluating or fine-tuning a converted checkpoint must feed exactly that.
+#   TimeSformer (official .pyth and HF facebook/timesformer-*): PySlowFast's Kinetics statistics,
+#     mean 0.45 and std 0.225 on pixels in [0, 1] (the HF preprocessor_config.json says the same).
+#   ViViT (HF google/vivit-*, trained in Scenic with dataset_configs.zero_centering=True): [-1, 1].
+#     HF's VivitImageProcessor rescales to [-1, 1] (offset=True) and then, by default, also
+#     normalizes with mean = std = 0.5, which feeds [-3, 1]; we feed what Scenic trained on.
+#   big_vision / vision_transformer image ViTs (.npz): value_range(-1, 1).
+PREPROCESSING = {
+    'timesformer': dict(normalization='kinetics'),
+    'vivit': dict(normalization='minus_one_to_one'),
+    'vit_npz': dict(normalization='minus_one_to_one'),
+}
+NAMED_MEAN_STD = {'kinetics': ((0.45,) * 3, (0.225,) * 3),
+                  'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+                  'minus_one_to_one': ((0.5,) * 3, (0.5,) * 3)}
+
+
+def preprocessing(model_type: str, path: str = '') -> dict:
+  """Dataset config keys of the normalization a checkpoint of `model_type` expects: the
+  source's (PREPROCESSING), or for TimeSformer the image_mean/image_std of a
+  preprocessor_config.json beside the weights (a HF image processor rescales to [0, 1] first)."""
+  out = dict(PREPROCESSING[model_type])
+  cfg_path = os.path.join(path, 'preprocessor_config.json') if path and os.path.isdir(path) else ''
+  if model_type == 'timesformer' and cfg_path and os.path.exists(cfg_path):
+    with open(cfg_path) as f:
+      proc = json.load(f)
+    mean, std = proc.get('image_mean'), proc.get('image_std')
+    if proc.get('do_normalize', True) and mean and std:
+      mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+      named = [n for n, (m, s) in NAMED_MEAN_STD.items()
+               if np.allclose(m, mean, atol=1e-4) and np.allclose(s, std, atol=1e-4)]
+      out = (dict(normalization=named[0]) if named else
+             dict(normalization='custom', norm_mean=mean, norm_std=std))
+  return out
+
+
 @dataclasses.dataclass
 class Imported:
   """A checkpoint converted to our layout, before it is fitted to a config's heads."""
@@ -338,6 +375,7 @@ class Imported:
   image_size: tuple            # (H, W)
   ignored: list                # checkpoint keys not used (e.g. ViViT's pooler)
   source: str
+  preprocessing: dict = dataclasses.field(default_factory=dict)  # dataset keys (PREPROCESSING)
 
 
 def convert_state_dict(sd: dict, hf: dict, *, source: str = '') -> Imported:
@@ -383,7 +421,8 @@ def convert_state_dict(sd: dict, hf: dict, *, source: str = '') -> Imported:
     labels = tuple(id2label.get(i, f'LABEL_{i}') for i in range(head[1].shape[0]))
   return Imported(model=model, params=flat, head=head, labels=labels,
                   num_frames=int(model['input_shape'][0]),
-                  image_size=tuple(model['input_shape'][1:3]), ignored=ignored, source=source)
+                  image_size=tuple(model['input_shape'][1:3]), ignored=ignored, source=source,
+                  preprocessing=preprocessing(hf['model_type'], source))
 
 
 def load(path: str) -> Imported:

@@ -72,6 +72,7 @@ def guard_nonfinite(train_step, skip: bool):
 def make_eval_step(graphdef, dataset: str):
   def eval_step(params, batch):
     logits = nnx.merge(graphdef, params)(batch['inputs'], dataset=dataset, train=False)
-    return {'logits': logits.astype(jnp.float32), 'label': batch['label'],
-            'video_id': batch['video_id'], 'mask': batch['mask']}
+    # The batch's bookkeeping (label, video_id, mask, key) comes back with the logits.
+    return {**{k: v for k, v in batch.items() if k != 'inputs'},
+            'logits': logits.astype(jnp.float32)}
   return eval_step

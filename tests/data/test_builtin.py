@@ -140,3 +140,14 @@ def test_resolve_data_dir(monkeypatch):
   assert builtin.resolve_data_dir('') == '/env/tfds'
   monkeypatch.delenv('SPARSE_TUBES_DATA_DIR')
   assert builtin.resolve_data_dir('') == os.path.expanduser('~/.cache/sparse_tubes/tfds')
+
+
+def test_videos_unchanged_images_larger_and_cleaner():
+  """Version 1.2.0 changed the images only: a video is the 1.1.0 one, bit for bit."""
+  import hashlib
+  frames, direction = builtin.moving_shapes_video('test', 3)
+  assert hashlib.sha256(frames.tobytes()).hexdigest()[:16] == '0b0c6491391219b1' and direction == 5
+  # An image's shape covers at least the smallest IMAGE_SHAPE_SIZE triangle (half of 16x16 px).
+  img, _ = builtin.moving_shapes_image('test', 3)
+  bright = (img.max(-1) == 255).sum()
+  assert bright >= 0.5 * builtin.IMAGE_SHAPE_SIZE[0] ** 2

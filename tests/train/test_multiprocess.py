@@ -6,9 +6,10 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from sparse_tubes import run
+from sparse_tubes import evaluate, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -23,7 +24,7 @@ from sparse_tubes import evaluate
 from sparse_tubes.train import loop
 config = tiny_config({data!r})
 summary = loop.train(config, {workdir!r})
-result = evaluate.evaluate(config, {workdir!r})
+result = evaluate.evaluate(config, {workdir!r}, save_predictions={workdir!r} + '/pred2.npz')
 print('RESULT ' + json.dumps(dict(process_count=jax.process_count(), loss=summary['train/loss'],
                                   video=result['datasets']['shapes_video'])), flush=True)
 """
@@ -36,7 +37,7 @@ def free_port() -> int:
 
 
 @pytest.mark.slow
-def test_two_processes_train_and_evaluate(tiny_data_dir, tmp_path):
+def test_two_processes_train_and_evaluate(tiny_data_dir, make_config, tmp_path):
   port, workdir = free_port(), str(tmp_path)
   procs = [subprocess.Popen(
       [sys.executable, '-c', CHILD.format(port=port, pid=pid, tests=os.path.join(REPO, 'tests'),
@@ -53,3 +54,13 @@ def test_two_processes_train_and_evaluate(tiny_data_dir, tmp_path):
   assert results[0]['video'] == results[1]['video']
   assert results[0]['video']['num_views'] == 16 * 2 * 3  # 16 test videos x 2 temporal x 3 spatial
   assert run.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
+  # One process evaluating the same checkpoint: the same videos, views and scores.
+  one = evaluate.evaluate(make_config(), workdir, save_predictions=str(tmp_path / 'pred1.npz'))
+  video = one['datasets']['shapes_video']
+  assert video['num_videos'] == results[0]['video']['num_videos'] == 16
+  for key in ('top1', 'top5', 'view_top1', 'num_views'):
+    assert results[0]['video'][key] == pytest.approx(video[key])
+  p1, p2 = np.load(tmp_path / 'pred1.npz'), np.load(os.path.join(workdir, 'pred2.npz'))
+  for name in ('shapes_video', 'shapes_image'):
+    np.testing.assert_array_equal(p1[f'{name}/index'], p2[f'{name}/index'])
+    np.testing.assert_allclose(p1[f'{name}/scores'], p2[f'{name}/scores'], rtol=1e-4, atol=1e-5)
