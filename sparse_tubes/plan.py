@@ -29,6 +29,8 @@ def _quiet_libtpu(topology):
   os.environ.setdefault('TPU_ACCELERATOR_TYPE', topology.accelerator_type)
   os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
   os.environ.setdefault('TPU_WORKER_ID', '0')
+  # Compiling only: several plans (pytest workers) may load libtpu at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   import jax
   from jax._src import xla_bridge
   if not os.environ.get('JAX_PLATFORMS') and not xla_bridge.backends_are_initialized():
@@ -43,7 +45,8 @@ def topology_devices(topology):
   except ImportError:
     raise RuntimeError("plan needs libtpu to compile for TPUs: pip install -e '.[tpu]' (or "
                        "pip install 'jax[tpu]').") from None
-  bounds = (2, 2, 1) if topology.chips >= 4 else (1, 1, 1)
+  # Chips per TPU VM host: 4 (2x2) on multi-host slices; single-host slices hold all of theirs.
+  bounds = (2, 2, 1) if topology.hosts > 1 else (*topology.shape, 1)[:3]
   return topologies.get_topology_desc(
       platform='tpu', topology_name=topology.name, chip_config_name=topology.generation.chip_config,
       chips_per_host_bounds=bounds).devices
@@ -112,6 +115,11 @@ def plan(config, topology: str | None = None) -> dict:
   from sparse_tubes.train import optim, sharding, state as state_lib, step as step_lib
 
   devices = topology_devices(topo)
+  if config.model.get('attention_impl', 'auto') == 'auto':
+    # 'auto' picks by the backend the process runs on (CPU here); compile what a TPU run picks.
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.attention_impl = 'xla'
   processes = len({d.process_index for d in devices})
   config_lib.validate(config, num_devices=len(devices), process_count=processes)
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -171,7 +179,8 @@ def plan(config, topology: str | None = None) -> dict:
       hbm_per_chip_gib=_peak(mem) / GIB, hbm_capacity_gib=float(g.hbm_gib),
       eval_hbm_per_chip_gib=_peak(eval_mem) / GIB,
       flops_per_step=flops, xla_flops_per_chip=float(cost.get('flops', float('nan'))),
-      compiler_step_s=float(cost['optimal_seconds']) if 'optimal_seconds' in cost else None,
+      compiler_step_s=(float(cost['optimal_seconds'])
+                       if cost.get('optimal_seconds', -1) > 0 else None),  # < 0: no estimate
       peak_bf16_tflops_per_chip=float(g.bf16_tflops),
       step_s={f'{int(u * 100)}%_mfu': flops / (peak_flops * u) for u in (0.4, 0.6)},
       compile_s=compile_s)
@@ -197,7 +206,7 @@ def format_text(r: dict) -> str:
       + (f"; compiler's estimate {r['compiler_step_s']:.3f} s/step" if r['compiler_step_s'] else ''),
   ]
   for k, s in r['step_s'].items():
-    lines.append(f"at {k.replace('_', ' ').upper()}: {s:.3f} s/step, "
+    lines.append(f"at {k.replace('_', ' ').upper()}: {s * 1e3:.1f} ms/step, "
                  f"{r['examples_per_s'][k]:,.0f} examples/s")
   lines += [f'  {a}' for a in r['advice']]
   lines.append(f"(compiled in {r['compile_s']:.0f} s)")
