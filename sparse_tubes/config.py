@@ -70,7 +70,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
             f'{dp} (mesh {dict(zip(sharding.MESH_AXES, shape))}) and of the process count '
             f'{process_count}. Use e.g. {key}={max(dp, process_count) * max(1, b // max(dp, process_count))}.')
 
-  m = config.microbatches
+  m = config.get('microbatches', 1)
   for name, ds in config.datasets.items():
     if m < 1 or ds.batch_size % (m * dp):
       raise ValueError(

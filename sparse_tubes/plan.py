@@ -80,7 +80,7 @@ def _advice(result, config) -> list[str]:
   over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
   out = [f'needs {over:.2f} GiB more per chip than the {result["hbm_capacity_gib"]:g} GiB of HBM.']
   temp, state = result['temp_gib'], result['params_gib'] + result['optimizer_gib']
-  m = int(config.microbatches)
+  m = int(config.get('microbatches', 1))
   batches = [ds.batch_size for ds in config.datasets.values()]
   if temp > over and all(b % (2 * m) == 0 for b in batches):
     out.append(f'config.microbatches={2 * m} roughly halves the activations ({temp:.2f} GiB of '
@@ -145,7 +145,7 @@ def plan(config, topology: str | None = None) -> dict:
 
   train_step = step_lib.make_train_step(
       spec.graphdef, tx, schedule, config.datasets, classes, label_smoothing=config.label_smoothing,
-      seed=config.seed, mixup_cfg=config.mixup, microbatches=config.microbatches)
+      seed=config.seed, mixup_cfg=config.mixup, microbatches=config.get('microbatches', 1))
   train_step = jax.jit(train_step, in_shardings=(shardings, None),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   train_batch = {n: batch(ds, ds.batch_size, ('inputs', 'label')) for n, ds in config.datasets.items()}
@@ -170,7 +170,7 @@ def plan(config, topology: str | None = None) -> dict:
   result = dict(
       config_topology=config.get('topology', ''), topology=topo.name,
       accelerator_type=topo.accelerator_type, chips=topo.chips, hosts=processes,
-      mesh=dict(mesh.shape), microbatches=int(config.microbatches), dtype=config.model.dtype,
+      mesh=dict(mesh.shape), microbatches=int(config.get('microbatches', 1)), dtype=config.model.dtype,
       remat=str(config.model.get('remat', False)), scan_layers=bool(config.model.get('scan_layers', False)),
       global_batch=examples, params=state_lib.param_count(spec.abstract_params),
       params_gib=_shard_bytes(abstract['params']) / GIB,
