@@ -9,7 +9,8 @@ rules, dtype, remat, scan and micro-batches. Reported per chip:
   params, optimizer   the state's shards (the arrays' shard shapes)
   temporaries         XLA's compiled memory analysis: activations, gradients, collectives' buffers
   peak                state + batch + outputs not aliased to the donated state + temporaries,
-                      against the chip's HBM
+                      against the chip's HBM. When the temporaries alone exceed it, the TPU compiler
+                      refuses the program and says how much it needed: that figure is reported.
 FLOPs per step are counted analytically (`info`'s per-part count, training = 3x forward: the
 backward pass costs two forwards), since XLA cannot see inside custom kernels; the compiler's own
 estimate ('optimal_seconds' of its cost analysis) is shown where it gives one. Step times at 40%
@@ -18,6 +19,7 @@ and 60% MFU use the chip's peak bf16 rate (sparse_tubes/tpus.py).
 import json
 import math
 import os
+import re
 import time
 
 GIB = 2**30
@@ -63,6 +65,25 @@ def _shard_bytes(abstract_tree) -> int:
 def _peak(mem) -> int:
   return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes)
+
+
+UNITS = {'B': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def _compile(lowered, arguments):
+  """(compiled or None, peak bytes, temporaries bytes). The TPU compiler refuses a program whose
+  temporaries exceed the chip's HBM ('Ran out of memory ... HLO temporaries (182.64G) exceeds
+  available HBM'): that is a plan result, not an error."""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; anything else re-raises
+    m = re.search(r'HLO temporaries \(([\d.]+)([BKMGT])\)', str(e))
+    if 'RESOURCE_EXHAUSTED' not in str(e) or not m:
+      raise
+    temp = float(m.group(1)) * UNITS[m.group(2)]
+    return None, _shard_bytes(arguments) + temp, temp
+  mem = compiled.memory_analysis()
+  return compiled, _peak(mem), mem.temp_size_in_bytes
 
 
 def train_flops(config, classes) -> float:
@@ -153,15 +174,15 @@ def plan(config, topology: str | None = None) -> dict:
   eval_ds = config.datasets[eval_name]
   eval_step = jax.jit(step_lib.make_eval_step(spec.graphdef, eval_name),
                       out_shardings=sharding.replicated(mesh))
+  eval_batch = batch(eval_ds, eval_ds.eval_batch_size, ('inputs', 'label', 'video_id', 'mask'))
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    compiled = train_step.lower(abstract, train_batch).compile()
+    compiled, peak, temp = _compile(train_step.lower(abstract, train_batch),
+                                    (abstract, train_batch))
     compile_s = time.time() - start
-    compiled_eval = eval_step.lower(
-        state_lib.abstract_params(spec),
-        batch(eval_ds, eval_ds.eval_batch_size, ('inputs', 'label', 'video_id', 'mask'))).compile()
+    eval_args = (state_lib.abstract_params(spec), eval_batch)
+    _, eval_peak, _ = _compile(eval_step.lower(*eval_args), eval_args)
 
-  mem, eval_mem = compiled.memory_analysis(), compiled_eval.memory_analysis()
-  cost = compiled.cost_analysis() or {}
+  cost = (compiled.cost_analysis() if compiled is not None else None) or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   flops = train_flops(config, classes)
   g = topo.generation
@@ -175,9 +196,8 @@ def plan(config, topology: str | None = None) -> dict:
       global_batch=examples, params=state_lib.param_count(spec.abstract_params),
       params_gib=_shard_bytes(abstract['params']) / GIB,
       optimizer_gib=_shard_bytes(abstract['opt_state']) / GIB,
-      temp_gib=mem.temp_size_in_bytes / GIB,
-      hbm_per_chip_gib=_peak(mem) / GIB, hbm_capacity_gib=float(g.hbm_gib),
-      eval_hbm_per_chip_gib=_peak(eval_mem) / GIB,
+      temp_gib=temp / GIB, hbm_per_chip_gib=peak / GIB, hbm_capacity_gib=float(g.hbm_gib),
+      eval_hbm_per_chip_gib=eval_peak / GIB,
       flops_per_step=flops, xla_flops_per_chip=float(cost.get('flops', float('nan'))),
       compiler_step_s=(float(cost['optimal_seconds'])
                        if cost.get('optimal_seconds', -1) > 0 else None),  # < 0: no estimate
