@@ -42,6 +42,7 @@ def run_plans(*jobs):
 TINY = os.path.join(REPO, 'configs', 'synthetic', 'tubevit_tiny.py')
 
 
+@pytest.mark.slow  # Two compiles: ~4 min on a loaded 2-core machine.
 def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
   small, huge = run_plans(
       (TINY, 'v5e:2x2', {}),
