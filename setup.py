@@ -36,7 +36,10 @@ EXTRAS = {
     'cuda': ['jax[cuda12]'],
     'notebooks': ['jupyter'] + NOTEBOOK_RUN,
     # torch pinned to the CPU wheel the CI machine holds locally; newer releases work as well.
-    'test': ['pytest>=8', 'pytest-xdist', 'torch==2.13.0'] + TORCH + NOTEBOOK_RUN,
+    # jax[tpu] (libtpu): `plan` compiles paper configs for TPU slices in the suite; pyyaml reads
+    # launch/gke.py's manifests.
+    'test': ['pytest>=8', 'pytest-xdist', 'torch==2.13.0', 'jax[tpu]', 'pyyaml'] + TORCH
+            + NOTEBOOK_RUN,
 }
 
 setuptools.setup(

@@ -90,7 +90,8 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   shardings = state_lib.state_shardings(spec, tx, mesh)
   train_step = step_lib.make_train_step(
       spec.graphdef, tx, schedule, config.datasets, num_classes,
-      label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup)
+      label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup,
+      microbatches=config.microbatches)
   train_step = step_lib.guard_nonfinite(train_step, skip=config.on_nonfinite == 'skip')
   train_step = jax.jit(train_step, in_shardings=(shardings, None),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
