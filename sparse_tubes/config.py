@@ -220,6 +220,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
             f'{dp} (mesh {dict(zip(sharding.MESH_AXES, shape))}) and of the process count '
             f'{process_count}. Use e.g. {key}={max(dp, process_count) * max(1, b // max(dp, process_count))}.')
 
+
+  m = config.microbatches
+  for name, ds in config.datasets.items():
+    if m < 1 or ds.batch_size % (m * dp):
+      raise ValueError(
+          f'config.microbatches={m}: config.datasets.{name}.batch_size={ds.batch_size} must split into '
+          f'{m} micro-batches that each divide over the data-parallel size {dp}; use a batch size '
+          f'that is a multiple of {max(m, 1) * dp}, or fewer micro-batches.')
   for name, ds in config.datasets.items():
     try:
       tokenizers.validate_tubes(model, input_shape(ds))

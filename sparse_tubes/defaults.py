@@ -130,6 +130,13 @@ def base() -> ml_collections.ConfigDict:
   # Mixup / CutMix on device inside the jitted step, for every dataset of the mix (TubeViT's SSv2
   # recipe, Table 10: mixup 0.3). A batch gets CutMix with probability cutmix_prob when both are on.
   c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.0, cutmix_alpha=0.0, cutmix_prob=0.5))
+  # Gradient accumulation: each step's global batch (of every dataset) is split into this many
+  # micro-batches inside the jitted step, and their gradients averaged. A paper batch size on a
+  # slice too small to hold its activations at once; the update is the same (sparse_tubes/train/step.py).
+  c.microbatches = 1
+  # The TPU slice a config is sized for (`python -m sparse_tubes plan` checks it fits), e.g.
+  # 'v5e:4x4'; '' for configs meant for a CPU or one accelerator.
+  c.topology = ''
   c.optimizer = ml_collections.ConfigDict(dict(
       name='adamw', learning_rate=1e-3, warmup_steps=100, schedule='cosine',
       end_learning_rate_factor=0.0, b1=0.9, b2=0.999, momentum=0.9, weight_decay=0.0,

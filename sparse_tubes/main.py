@@ -6,6 +6,7 @@
   python -m sparse_tubes prepare  DATASET --manual_dir=DIR [--data_dir=DIR] [--workers=N]
   python -m sparse_tubes convert  --from=hf|timesformer|vit_npz --input=PATH [--config=...] --workdir=DIR
   python -m sparse_tubes convert  --to=hf --workdir=DIR --output=HF_DIR [--dataset=NAME] [--step=N]
+  python -m sparse_tubes plan     --config=CONFIG.py[:arg] --topology=v5e:4x4 [--json]
   python -m sparse_tubes predict  --workdir=DIR --input=VIDEO|CLIPS.npy [--config=...] [--top_k=5]
                                   [--save_logits=OUT.npy] [--dataset=NAME] [--step=N] [--fps=F]
 
@@ -15,13 +16,16 @@
 
   --config=configs/synthetic/tubevit_tiny.py:arg   reaches get_config(arg)
   --config.total_steps=100                         overrides a field (unknown fields are errors)
+
+  train and evaluate start the multi-host runtime themselves on a TPU pod, GKE or SLURM; elsewhere
+  give --coordinator_address, --num_processes and --process_id (launch/local.py does).
 """
 import os
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'evaluate', 'info', 'prepare', 'convert', 'predict')
+COMMANDS = ('train', 'evaluate', 'info', 'prepare', 'convert', 'predict', 'plan')
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config(arg) module).',
                                           lock_config=True)
@@ -46,6 +50,12 @@ _TOP_K = flags.DEFINE_integer('top_k', 5, 'predict: how many classes to print.')
 _SAVE_LOGITS = flags.DEFINE_string('save_logits', None, 'predict: write the logits here (.npy).')
 _DATASET = flags.DEFINE_string('dataset', None, 'predict, convert --to: which head (dataset) to use '
                                '(default: the first video dataset).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'train, evaluate: host:port of '
+                                   'process 0, for a multi-process run jax cannot detect by itself.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'train, evaluate: processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'train, evaluate: this process, 0-based.')
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'plan: the TPU slice, e.g. v5e:4x4, v4:2x2x4, '
+                                'v5p:2x4x4, v6e:4x4 (default: config.topology).')
 _FPS = flags.DEFINE_float('fps', None, 'predict: frame rate to decode a video at (default: the '
                           "dataset's stored rate, 25 for Kinetics).")
 
@@ -86,6 +96,18 @@ def main(argv):
           + (f"; classifier -> head '{result['head']}'" if result.get('head') else '')
           + (f"; {result['dropped_head']}" if result.get('dropped_head') else ''), flush=True)
     return
+
+  if command == 'plan':
+    from sparse_tubes import plan
+    plan.run(_need(_CONFIG.value, 'config', 'configs/kinetics400/tubevit_b.py'),
+             topology=_TOPOLOGY.value, as_json=_JSON.value)
+    return
+
+  if command in ('train', 'evaluate'):
+    # Before any other JAX call: a pod's processes find each other here.
+    from sparse_tubes import distributed
+    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    distributed.quiet_followers()
 
   if command == 'info':
     from sparse_tubes import info

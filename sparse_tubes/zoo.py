@@ -8,9 +8,11 @@ below names the paper table or section it comes from.
   ViViT        Arnab et al., ICCV 2021 (arXiv 2103.15691)
   TimeSformer  Bertasius, Wang, Torresani, ICML 2021 (arXiv 2102.05095)
 """
+import math
+
 import ml_collections
 
-from sparse_tubes import defaults
+from sparse_tubes import defaults, tpus
 
 # ViT backbones (ViT paper Table 1; TubeViT Table 11; ViViT §4.1: B 12x768x12, L 24x1024x16,
 # H 32x1280x16).
@@ -122,6 +124,34 @@ def vit(model: ml_collections.ConfigDict, size: str, **kw) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# TPU slices: what each paper config is sized for. `python -m sparse_tubes plan --config=...`
+# compiles the train step for config.topology and reports memory per chip and speed; the README's
+# "What each paper config needs" table is its output.
+
+def tpu(c: ml_collections.ConfigDict, topology: str, *, remat=True, microbatches: int = 1,
+        fsdp: bool = False) -> None:
+  """Run-time settings for a TPU slice. They change memory and speed, not the recipe: bfloat16
+  activations with float32 parameters and optimizer state (the papers trained on TPUs in bfloat16),
+  scanned blocks (compile time independent of depth), remat (activations recomputed in the backward
+  pass), micro-batches (gradient accumulation) and FSDP (parameters and optimizer state sharded
+  over the chips instead of replicated)."""
+  chips = tpus.parse(topology).chips
+  for name, ds in c.datasets.items():
+    if ds.batch_size % chips:
+      raise ValueError(f'zoo.tpu: {name} batch_size={ds.batch_size} does not split over the '
+                       f'{chips} chips of {topology}; pick a slice whose chips divide it.')
+    # Evaluation batches are whole videos' views, as many per chip (the averages are the same).
+    ds.eval_batch_size = math.lcm(ds.eval_batch_size, chips)
+  c.topology = topology
+  c.model.dtype = 'bfloat16'
+  c.model.scan_layers = True
+  c.model.remat = remat
+  c.microbatches = microbatches
+  if fsdp:
+    c.mesh.update(data=1, fsdp=-1)
+
+
+# ---------------------------------------------------------------------------------------------
 # TubeViT
 
 def tubevit(c: ml_collections.ConfigDict, size: str) -> None:
@@ -150,6 +180,15 @@ def tubevit_recipe(c: ml_collections.ConfigDict, size: str, *, ssv2: bool = Fals
     c.model.dropout = 0.3
     c.label_smoothing = 0.3
     ssv2_regularisation(c, randaugment=(2, 10))
+  # TPU: batch 256 on a v5e-16 is 16 clips of 539 tokens per chip. B fits without remat; L and H
+  # recompute activations (remat) to fit; H's 657M parameters and their Adam moments go to a v5p
+  # slice with FSDP (README: "What each paper config needs").
+  if size == 'B':
+    tpu(c, 'v5e:4x4', remat=False)
+  elif size == 'L':
+    tpu(c, 'v5e:4x4')
+  else:
+    tpu(c, 'v5p:2x4x4', fsdp=True)
 
 
 def ssv2_regularisation(c: ml_collections.ConfigDict, *, randaugment=(2, 10), mixup: float = 0.3):
@@ -192,6 +231,9 @@ def vivit_recipe(c: ml_collections.ConfigDict, tfds_name: str, *, epochs: float 
   c.optimizer.update(name='sgd', learning_rate=learning_rate, momentum=0.9, schedule='cosine',
                      warmup_steps=epochs_to_steps(2.5, tfds_name, batch), weight_decay=0.0,
                      grad_clip_norm=1.0)
+  # TPU: batch 64 on a v5e-16 is 4 clips per chip; M1's joint attention over 3136 tokens needs remat
+  # (the other variants too, at no cost in fit); ViViT-L adds FSDP for its parameters.
+  tpu(c, 'v5e:4x4', fsdp=c.model.hidden_size > 768)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,6 +264,9 @@ def timesformer_recipe(c: ml_collections.ConfigDict, tfds_name: str) -> None:
   c.optimizer.update(name='sgd', learning_rate=0.005, momentum=0.9, weight_decay=1e-4,
                      schedule='step', warmup_steps=0, grad_clip_norm=0.0)
   c.optimizer.step_boundaries = (11 / 15, 14 / 15)
+  # TPU: batch 8 is one clip per chip of a single-host v5e-8 (2x4); HR (12544 tokens) and L
+  # (18816) fit with remat.
+  tpu(c, 'v5e:2x4')
 
 
 # ---------------------------------------------------------------------------------------------

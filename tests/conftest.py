@@ -1,8 +1,13 @@
 """Fixtures shared by the whole suite: the tiny built-in datasets and a tiny TubeViT config on them."""
+import os
 import pathlib
 import sys
 
 import pytest
+
+# The suite runs on CPU. With libtpu installed (the [test] extra has it, for `plan`), JAX would
+# otherwise probe for TPU chips at start-up in every process, and print pages of warnings.
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
 # Import the package from this checkout, whether or not it is installed.
 REPO = pathlib.Path(__file__).resolve().parents[1]

@@ -83,7 +83,8 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   shardings = state_lib.state_shardings(spec, tx, mesh)
   train_step = step_lib.make_train_step(
       spec.graphdef, tx, schedule, config.datasets, num_classes,
-      label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup)
+      label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup,
+      microbatches=config.microbatches)
   train_step = jax.jit(train_step, in_shardings=(shardings, None),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 

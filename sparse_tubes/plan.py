@@ -1,0 +1,219 @@
+"""`plan`: will this config fit that TPU slice, and how fast could it go? Answered on a CPU machine.
+
+  python -m sparse_tubes plan --config=configs/kinetics400/tubevit_b.py --topology=v5e:4x4 [--json]
+
+The real train step (and eval step) is compiled ahead of time for the slice: libtpu (the `[tpu]`
+extra) describes the slice's chips without owning them (jax.experimental.topologies), and the step
+is built by the code `train` runs (state.py, step.py, sharding.py) with the config's mesh, sharding
+rules, dtype, remat, scan and micro-batches. Reported per chip:
+  params, optimizer   the state's shards (the arrays' shard shapes)
+  temporaries         XLA's compiled memory analysis: activations, gradients, collectives' buffers
+  peak                state + batch + outputs not aliased to the donated state + temporaries,
+                      against the chip's HBM
+FLOPs per step are counted analytically (`info`'s per-part count, training = 3x forward: the
+backward pass costs two forwards), since XLA cannot see inside custom kernels; the compiler's own
+estimate ('optimal_seconds' of its cost analysis) is shown where it gives one. Step times at 40%
+and 60% MFU use the chip's peak bf16 rate (sparse_tubes/tpus.py).
+"""
+import json
+import math
+import os
+import time
+
+GIB = 2**30
+
+
+def _quiet_libtpu(topology):
+  """Ahead-of-time compilation needs no TPU; these tell libtpu so, instead of a page of warnings."""
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  os.environ.setdefault('TPU_ACCELERATOR_TYPE', topology.accelerator_type)
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('TPU_WORKER_ID', '0')
+  # Compiling only: several plans (pytest workers) may load libtpu at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  import jax
+  from jax._src import xla_bridge
+  if not os.environ.get('JAX_PLATFORMS') and not xla_bridge.backends_are_initialized():
+    jax.config.update('jax_platforms', 'cpu')  # The host runs nothing on a TPU it may have.
+
+
+def topology_devices(topology):
+  """Compile-only devices of the slice (no TPU needed)."""
+  from jax.experimental import topologies
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    raise RuntimeError("plan needs libtpu to compile for TPUs: pip install -e '.[tpu]' (or "
+                       "pip install 'jax[tpu]').") from None
+  # Chips per TPU VM host: 4 (2x2) on multi-host slices; single-host slices hold all of theirs.
+  bounds = (2, 2, 1) if topology.hosts > 1 else (*topology.shape, 1)[:3]
+  return topologies.get_topology_desc(
+      platform='tpu', topology_name=topology.name, chip_config_name=topology.generation.chip_config,
+      chips_per_host_bounds=bounds).devices
+
+
+def _shard_bytes(abstract_tree) -> int:
+  """Bytes one chip holds of ShapeDtypeStructs carrying shardings."""
+  import jax
+  import numpy as np
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_tree))
+
+
+def _peak(mem) -> int:
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+
+
+def train_flops(config, classes) -> float:
+  """Analytic FLOPs of one train step over the global batch: 3 x forward, 2 FLOPs per MAC."""
+  from sparse_tubes import config as config_lib, info
+  total = 0.0
+  for name, ds in config.datasets.items():
+    macs = info.analytic_macs(config.model, config_lib.input_shape(ds), classes[name])['total']
+    total += 3 * 2 * macs * ds.batch_size
+  return total
+
+
+def _advice(result, config) -> list[str]:
+  """Which knob helps, and roughly by how much, when the step does not fit."""
+  over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
+  out = [f'needs {over:.2f} GiB more per chip than the {result["hbm_capacity_gib"]:g} GiB of HBM.']
+  temp, state = result['temp_gib'], result['params_gib'] + result['optimizer_gib']
+  m = int(config.microbatches)
+  batches = [ds.batch_size for ds in config.datasets.values()]
+  if temp > over and all(b % (2 * m) == 0 for b in batches):
+    out.append(f'config.microbatches={2 * m} roughly halves the activations ({temp:.2f} GiB of '
+               f'temporaries now); more splits cut further.')
+  if config.model.get('remat', False) in (False, 'none'):
+    out.append("config.model.remat=True (or 'dots_saveable') recomputes block activations in the "
+               'backward pass instead of storing them.')
+  if int(config.mesh.fsdp) == 1 and state > 0.25 * over:
+    out.append(f"config.mesh.fsdp=-1 with config.mesh.data=1 shards parameters and optimizer state "
+               f'({state:.2f} GiB per chip now) over all chips.')
+  if len(out) == 1:
+    out.append('use a larger slice (more chips) or a chip with more HBM.')
+  return out
+
+
+def plan(config, topology: str | None = None) -> dict:
+  """Compiles the train and eval steps for `topology` (default: config.topology); returns the
+  report as a dict (the --json keys)."""
+  from sparse_tubes import tpus
+  topology = topology or config.get('topology', '')
+  if not topology:
+    raise ValueError('plan needs a TPU slice: --topology=v5e:4x4 (or set config.topology in the '
+                     f'config). Examples: {tpus.EXAMPLES}.')
+  topo = tpus.parse(topology)
+  _quiet_libtpu(topo)
+
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from sparse_tubes import config as config_lib, info, zoo
+  from sparse_tubes.train import optim, sharding, state as state_lib, step as step_lib
+
+  devices = topology_devices(topo)
+  if config.model.get('attention_impl', 'auto') == 'auto':
+    # 'auto' picks by the backend the process runs on (CPU here); compile what a TPU run picks.
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.model.attention_impl = 'xla'
+  processes = len({d.process_index for d in devices})
+  config_lib.validate(config, num_devices=len(devices), process_count=processes)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  rules = sharding.rules_tuple(config.sharding_rules)
+  classes = info.num_classes(config)
+  total_steps = config_lib.total_steps(config, {
+      n: zoo.TRAIN_EXAMPLES.get(ds.tfds_name, 1_000_000) for n, ds in config.datasets.items()})
+
+  start = time.time()
+  spec = state_lib.model_spec(config.model, classes, mesh, rules)
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  tx, _ = optim.with_freeze(tx, spec.abstract_params, config.get('freeze', None))
+  abstract = state_lib.abstract_state(spec, tx, mesh)
+  shardings = state_lib.state_shardings(spec, tx, mesh)
+
+  def batch(ds, size, keys):
+    shapes = {'inputs': ((size, *config_lib.input_shape(ds)), jnp.float32),
+              'label': ((size,), jnp.int32), 'video_id': ((size,), jnp.int32),
+              'mask': ((size,), jnp.bool_)}
+    return {k: jax.ShapeDtypeStruct(shapes[k][0], shapes[k][1],
+                                    sharding=sharding.batch_sharding(mesh, rules, len(shapes[k][0])))
+            for k in keys}
+
+  train_step = step_lib.make_train_step(
+      spec.graphdef, tx, schedule, config.datasets, classes, label_smoothing=config.label_smoothing,
+      seed=config.seed, mixup_cfg=config.mixup, microbatches=config.microbatches)
+  train_step = jax.jit(train_step, in_shardings=(shardings, None),
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  train_batch = {n: batch(ds, ds.batch_size, ('inputs', 'label')) for n, ds in config.datasets.items()}
+  eval_name = (list(config.eval_datasets) or sorted(config.datasets))[0]
+  eval_ds = config.datasets[eval_name]
+  eval_step = jax.jit(step_lib.make_eval_step(spec.graphdef, eval_name),
+                      out_shardings=sharding.replicated(mesh))
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    compiled = train_step.lower(abstract, train_batch).compile()
+    compile_s = time.time() - start
+    compiled_eval = eval_step.lower(
+        state_lib.abstract_params(spec),
+        batch(eval_ds, eval_ds.eval_batch_size, ('inputs', 'label', 'video_id', 'mask'))).compile()
+
+  mem, eval_mem = compiled.memory_analysis(), compiled_eval.memory_analysis()
+  cost = compiled.cost_analysis() or {}
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = train_flops(config, classes)
+  g = topo.generation
+  examples = sum(ds.batch_size for ds in config.datasets.values())
+  peak_flops = topo.chips * g.bf16_tflops * 1e12
+  result = dict(
+      config_topology=config.get('topology', ''), topology=topo.name,
+      accelerator_type=topo.accelerator_type, chips=topo.chips, hosts=processes,
+      mesh=dict(mesh.shape), microbatches=int(config.microbatches), dtype=config.model.dtype,
+      remat=str(config.model.get('remat', False)), scan_layers=bool(config.model.get('scan_layers', False)),
+      global_batch=examples, params=state_lib.param_count(spec.abstract_params),
+      params_gib=_shard_bytes(abstract['params']) / GIB,
+      optimizer_gib=_shard_bytes(abstract['opt_state']) / GIB,
+      temp_gib=mem.temp_size_in_bytes / GIB,
+      hbm_per_chip_gib=_peak(mem) / GIB, hbm_capacity_gib=float(g.hbm_gib),
+      eval_hbm_per_chip_gib=_peak(eval_mem) / GIB,
+      flops_per_step=flops, xla_flops_per_chip=float(cost.get('flops', float('nan'))),
+      compiler_step_s=(float(cost['optimal_seconds'])
+                       if cost.get('optimal_seconds', -1) > 0 else None),  # < 0: no estimate
+      peak_bf16_tflops_per_chip=float(g.bf16_tflops),
+      step_s={f'{int(u * 100)}%_mfu': flops / (peak_flops * u) for u in (0.4, 0.6)},
+      compile_s=compile_s)
+  result['examples_per_s'] = {k: examples / v for k, v in result['step_s'].items()}
+  result['fits'] = bool(result['hbm_per_chip_gib'] <= result['hbm_capacity_gib']
+                        and result['eval_hbm_per_chip_gib'] <= result['hbm_capacity_gib'])
+  result['advice'] = [] if result['fits'] else _advice(result, config)
+  return result
+
+
+def format_text(r: dict) -> str:
+  fits = 'fits' if r['fits'] else 'DOES NOT FIT'
+  lines = [
+      f"{r['topology']} ({r['accelerator_type']}, {r['chips']} chips, {r['hosts']} hosts); mesh "
+      f"{r['mesh']}; {r['params']:,} parameters; global batch {r['global_batch']}, "
+      f"{r['microbatches']} micro-batch(es); {r['dtype']}, remat {r['remat']}, scan_layers "
+      f"{r['scan_layers']}",
+      f"per chip (GiB):  params {r['params_gib']:.2f}  optimizer {r['optimizer_gib']:.2f}  "
+      f"temporaries {r['temp_gib']:.2f}  peak {r['hbm_per_chip_gib']:.2f} of "
+      f"{r['hbm_capacity_gib']:g}  (eval {r['eval_hbm_per_chip_gib']:.2f}): {fits}",
+      f"FLOPs per step {r['flops_per_step']:.3e} (analytic, 3x forward); XLA counts "
+      f"{r['xla_flops_per_chip']:.3e} per chip"
+      + (f"; compiler's estimate {r['compiler_step_s']:.3f} s/step" if r['compiler_step_s'] else ''),
+  ]
+  for k, s in r['step_s'].items():
+    lines.append(f"at {k.replace('_', ' ').upper()}: {s * 1e3:.1f} ms/step, "
+                 f"{r['examples_per_s'][k]:,.0f} examples/s")
+  lines += [f'  {a}' for a in r['advice']]
+  lines.append(f"(compiled in {r['compile_s']:.0f} s)")
+  return '\n'.join(lines)
+
+
+def run(config, *, topology: str | None = None, as_json: bool = False) -> dict:
+  result = plan(config, topology)
+  print(json.dumps(result, indent=2) if as_json else format_text(result), flush=True)
+  return result

@@ -1,0 +1,98 @@
+"""`plan`: the train and eval steps compiled ahead of time for TPU slices, on this CPU machine.
+
+Needs libtpu (the [tpu] and [test] extras). Paper configs take minutes each to compile on 2 cores:
+CI plans TubeViT-B, ViViT-B FE and TimeSformer (divided); the rest of the README table runs with
+SPARSE_TUBES_PLAN_ALL=1 python -m pytest tests/test_plan.py.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sparse_tubes import config as config_lib, info
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KEYS = ('fits', 'hbm_per_chip_gib', 'hbm_capacity_gib', 'params_gib', 'optimizer_gib', 'temp_gib',
+        'flops_per_step', 'topology', 'chips')
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
+                                reason="plan needs libtpu: pip install -e '.[tpu]'")
+
+SCRIPT = """
+import json, sys
+from sparse_tubes import config as config_lib, plan
+out = []
+for spec, topology, overrides in json.loads(sys.argv[1]):
+  out.append(plan.plan(config_lib.load(spec, **overrides), topology))
+print('RESULT ' + json.dumps(out))
+"""
+
+
+def run_plans(*jobs):
+  """Plans in a fresh process (libtpu stays out of the test process), one process for all."""
+  out = subprocess.run([sys.executable, '-c', SCRIPT, json.dumps(jobs)], cwd=REPO,
+                       capture_output=True, text=True, timeout=1800)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return json.loads(next(l for l in out.stdout.splitlines() if l.startswith('RESULT '))[7:])
+
+
+TINY = os.path.join(REPO, 'configs', 'synthetic', 'tubevit_tiny.py')
+
+
+def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
+  small, huge = run_plans(
+      (TINY, 'v5e:2x2', {}),
+      (TINY, 'v5e:2x2', dict(datasets__shapes_video__batch_size=2**16, microbatches=1)))
+  assert all(k in small for k in KEYS)
+  assert small['fits'] and small['chips'] == 4 and small['topology'] == 'v5e:2x2'
+  assert small['hbm_capacity_gib'] == 16 and small['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
+  config = config_lib.load(TINY)
+  params = sum(x.size for x in __import__('jax').tree.leaves(info.abstract_model(
+      config.model, info.num_classes(config))[1]))
+  assert small['params'] == params
+  assert small['params_gib'] == pytest.approx(params * 4 / 2**30)      # replicated float32
+  assert small['optimizer_gib'] == pytest.approx(2 * small['params_gib'], rel=0.01)  # Adam mu, nu
+  # XLA's count (per chip, on the chips' share of the batch) agrees with the analytic one.
+  assert small['xla_flops_per_chip'] * 4 == pytest.approx(small['flops_per_step'], rel=0.25)
+  assert small['step_s']['40%_mfu'] == pytest.approx(
+      small['flops_per_step'] / (4 * 197e12 * 0.4))
+  assert not huge['fits'] and huge['hbm_per_chip_gib'] > 16
+  assert any('config.microbatches=2' in a for a in huge['advice'])
+  assert huge['temp_gib'] > 100 * small['temp_gib']
+
+
+PAPER = {
+    'kinetics400/tubevit_b': 'v5e:4x4',
+    'kinetics400/vivit_b16x2_fe': 'v5e:4x4',
+    'kinetics400/timesformer_divst': 'v5e:2x4',
+}
+MORE = ['kinetics400/tubevit_l', 'kinetics400/vivit_b16x2_m1', 'kinetics400/vivit_b16x2_m3',
+        'kinetics400/vivit_b16x2_m4', 'kinetics400/timesformer_hr', 'kinetics400/timesformer_l']
+
+
+def _check_paper(name):
+  path = os.path.join(REPO, 'configs', name + '.py')
+  config = config_lib.load(path)
+  r, = run_plans((path, '', {}))
+  assert r['topology'] == config.topology and r['config_topology'] == config.topology
+  assert r['fits'], (name, r['hbm_per_chip_gib'], r['advice'])
+  assert r['dtype'] == 'bfloat16' and r['scan_layers']
+  return r
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('name', sorted(PAPER))
+def test_paper_config_fits_its_topology(name):
+  assert config_lib.load(os.path.join(REPO, 'configs', name + '.py')).topology == PAPER[name]
+  _check_paper(name)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get('SPARSE_TUBES_PLAN_ALL'),
+                    reason='minutes per config on 2 cores: SPARSE_TUBES_PLAN_ALL=1 runs them')
+@pytest.mark.parametrize('name', MORE)
+def test_more_paper_configs_fit(name):
+  _check_paper(name)
