@@ -220,7 +220,6 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
             f'{dp} (mesh {dict(zip(sharding.MESH_AXES, shape))}) and of the process count '
             f'{process_count}. Use e.g. {key}={max(dp, process_count) * max(1, b // max(dp, process_count))}.')
 
-
   m = config.microbatches
   for name, ds in config.datasets.items():
     if m < 1 or ds.batch_size % (m * dp):
