@@ -25,6 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 
 from sparse_tubes import config as config_lib
 from sparse_tubes import zoo
@@ -206,13 +207,36 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state, iterators: dict | None = None):
     """Restores the full train state onto the shardings of `abstract_state`; iterators are set in
-    place."""
+    place.
+
+    The arrays are resharded onto whatever mesh `abstract_state` is on, so a run can resume on a
+    different slice (other mesh shape, other device count). Each data iterator's state is saved
+    per process (`data_<name>/process_<i>-of-<n>.json`); when the process count changed, those
+    states do not apply, and every iterator continues from the same position of the global
+    (shuffled) example order instead: `step` batches drawn, step x batch_size examples, exact
+    unless examples were skipped as corrupt before the checkpoint."""
     items = {'params': ocp.args.StandardRestore(abstract_state['params']),
              'train_state': ocp.args.StandardRestore({'step': abstract_state['step'],
                                                       'opt_state': abstract_state['opt_state']})}
+    index, count = jax.process_index(), jax.process_count()
+    repositioned, saved_by = {}, set()
     for name, it in (iterators or {}).items():
-      items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(it)
+      saved = os.path.join(self.directory, str(step), f'data_{name}')
+      files = os.listdir(saved) if os.path.isdir(saved) else []
+      if f'process_{index}-of-{count}.json' in files:
+        items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(it)
+      else:
+        repositioned[name] = it
+        saved_by |= {f[:-len('.json')].split('-of-')[-1] for f in files if f.endswith('.json')}
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    for it in repositioned.values():
+      grain.experimental.set_next_index(it, step)  # One batch per step: `step` batches drawn.
+    if repositioned and index == 0:
+      logging.warning(
+          'Checkpoint %d: data iterator states of %s were saved by %s processes, this run has %d: '
+          'they continue from global example %d x batch_size of the shuffled order (exact unless '
+          'examples were skipped as corrupt before it).', step, ', '.join(sorted(repositioned)),
+          '/'.join(sorted(saved_by)) or 'no', count, step)
     return {'params': restored['params'], **restored['train_state']}
 
   def restore_params(self, step: int, abstract_params):
