@@ -240,8 +240,14 @@ class Checkpointer:
     return {'params': restored['params'], **restored['train_state']}
 
   def restore_params(self, step: int, abstract_params):
-    """The model's parameters alone, onto the shardings of `abstract_params` (None: as saved,
-    on the host's default device)."""
+    """The model's parameters alone, onto the shardings of `abstract_params` (None: whole arrays on
+    this host's first device, whatever devices saved them)."""
+    if abstract_params is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      tree = ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), 'params')).item_metadata.tree
+      abstract_params = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     return restored['params']

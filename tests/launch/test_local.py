@@ -99,7 +99,10 @@ def test_two_processes_match_one_through_a_preemption(tiny_data_dir, tmp_path):
   # across the preemption.
   np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
   assert eval2 == pytest.approx(eval1, abs=1e-6) and len(eval1) == 4
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), params2,
+  # The final checkpoints, read on this 1-device process. atol: the attention key biases get a
+  # gradient that is zero but for rounding (softmax ignores a shift), which Adam turns into ~1e-6
+  # values that differ with the reduction order.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), params2,
                params1)
 
 
