@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
 from jax.experimental import multihost_utils
 
 from sparse_tubes import config as config_lib
@@ -315,18 +316,47 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state, iterators: dict | None = None):
     """Restores the full train state onto the shardings of `abstract_state`; iterators are set in
-    place."""
+    place.
+
+    The arrays are resharded onto whatever mesh `abstract_state` is on, so a run can resume on a
+    different slice (other mesh shape, other device count). Each data iterator's state is saved
+    per process (`data_<name>/process_<i>-of-<n>.json`); when the process count changed, those
+    states do not apply, and every iterator continues from the same position of the global
+    (shuffled) example order instead: `step` batches drawn, step x batch_size examples, exact
+    unless examples were skipped as corrupt before the checkpoint."""
     items = {'params': ocp.args.StandardRestore(abstract_state['params']),
              'train_state': ocp.args.StandardRestore({'step': abstract_state['step'],
                                                       'opt_state': abstract_state['opt_state']})}
+    index, count = jax.process_index(), jax.process_count()
+    repositioned, saved_by = {}, set()
     for name, it in (iterators or {}).items():
-      items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(it)
+      saved = os.path.join(self.directory, str(step), f'data_{name}')
+      files = os.listdir(saved) if os.path.isdir(saved) else []
+      if f'process_{index}-of-{count}.json' in files:
+        items[f'data_{name}'] = grain.checkpoint.CheckpointRestore(it)
+      else:
+        repositioned[name] = it
+        saved_by |= {f[:-len('.json')].split('-of-')[-1] for f in files if f.endswith('.json')}
     restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    for it in repositioned.values():
+      grain.experimental.set_next_index(it, step)  # One batch per step: `step` batches drawn.
+    if repositioned and index == 0:
+      logging.warning(
+          'Checkpoint %d: data iterator states of %s were saved by %s processes, this run has %d: '
+          'they continue from global example %d x batch_size of the shuffled order (exact unless '
+          'examples were skipped as corrupt before it).', step, ', '.join(sorted(repositioned)),
+          '/'.join(sorted(saved_by)) or 'no', count, step)
     return {'params': restored['params'], **restored['train_state']}
 
   def restore_params(self, step: int, abstract_params):
-    """The model's parameters alone, onto the shardings of `abstract_params` (None: as saved,
-    on the host's default device)."""
+    """The model's parameters alone, onto the shardings of `abstract_params` (None: whole arrays on
+    this host's first device, whatever devices saved them)."""
+    if abstract_params is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      tree = ocp.StandardCheckpointer().metadata(
+          os.path.join(self.directory, str(step), 'params')).item_metadata.tree
+      abstract_params = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
     restored = self.manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
     return restored['params']

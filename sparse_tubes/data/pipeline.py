@@ -292,6 +292,15 @@ class _SkipCorruptIterator(grain.DatasetIterator):
     self._parent.set_state(state['parent'])
     self._pending = state['pending']
 
+  # A position without reading data (grain.experimental.set_next_index): what a restore onto a
+  # different process count uses (run.Checkpointer.restore).
+  def _get_next_index(self):
+    return grain.experimental.get_next_index(self._parent)
+
+  def _set_next_index(self, index):
+    grain.experimental.set_next_index(self._parent, index)
+    self._pending = 0
+
 
 @dataclasses.dataclass(frozen=True)
 class _Normalize(grain.transforms.Map):

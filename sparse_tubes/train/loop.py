@@ -8,6 +8,7 @@ from clu import parameter_overview
 from flax import nnx
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import distributed
 from sparse_tubes import run
 from sparse_tubes.data import pipeline
 from sparse_tubes.evaluator import Evaluator
@@ -21,6 +22,13 @@ def _size(tree, name: str) -> int:
   for part in name.split('/'):
     node = node[int(part) if part.isdigit() and int(part) in node else part]
   return int(node.size)
+
+
+def _print(line: str):
+  """Progress lines and results: printed by process 0 only (the others would repeat them); every
+  process logs its own warnings and errors, with its index (distributed.prefix_logs)."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
 
 
 def _group(names) -> str:
@@ -45,6 +53,8 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
 
 def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   init_lib.validate(config)
+  if jax.process_count() > 1:
+    distributed.prefix_logs()  # Also when jax.distributed was started by the caller.
   mesh, rules = run.mesh_and_rules(config)
   data_dir, infos = run.dataset_infos(config)
   num_classes = run.num_classes(config, infos)
@@ -58,14 +68,14 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   if jax.process_index() == 0:  # The full parameter table, for reading after the fact.
     with open(os.path.join(workdir, 'parameters.txt'), 'w') as f:
       f.write(parameter_overview.get_parameter_overview(spec.abstract_params, include_stats=False))
-  print(f'{config.model.name}: {state_lib.param_count(spec.abstract_params):,} parameters; '
-        f'mesh {dict(mesh.shape)}; {total_steps} steps; workdir {os.path.abspath(workdir)}', flush=True)
+  _print(f'{config.model.name}: {state_lib.param_count(spec.abstract_params):,} parameters; '
+         f'mesh {dict(mesh.shape)}; {total_steps} steps; workdir {os.path.abspath(workdir)}')
   if frozen:
     n_frozen = sum(_size(spec.abstract_params, n) for n in frozen)
     line = (f'Frozen (config.freeze): {len(frozen)} parameter arrays, {n_frozen:,} of '
             f'{state_lib.param_count(spec.abstract_params):,} parameters: ' + _group(frozen))
     logging.info(line)
-    print(line, flush=True)
+    _print(line)
 
   iterators = {
       n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
@@ -76,16 +86,16 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
 
   ckpt = run.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
-  start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators)
+  start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators, log=_print)
   if start is not None:
-    print(f'Resuming from step {start} in {ckpt.directory}', flush=True)
+    _print(f'Resuming from step {start} in {ckpt.directory}')
   else:
     start = 0
     state = state_lib.init_state(config.model, num_classes, spec, tx, mesh, config.seed)
     state['params'], report = init_lib.apply(config, state['params'], spec.param_shardings)
     for line in report:
       logging.info(line)
-      print(line, flush=True)
+      _print(line)
 
   shardings = state_lib.state_shardings(spec, tx, mesh)
   train_step = step_lib.make_train_step(
@@ -138,15 +148,14 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
         writer.flush()  # Every log line is on disk: a killed run keeps its history.
         line = metrics.ReportProgress.line(step, total_steps, {**last, **perf})
         logging.info(line)
-        print(line, flush=True)
+        _print(line)
         if stop:
           break
 
       if evaluator and (step % config.eval_every_steps == 0 or step == total_steps):
         scalars = evaluator.scalars(evaluator(state['params']))
         writer.write_scalars(step, scalars)
-        print(f'eval at step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in scalars.items()),
-              flush=True)
+        _print(f'eval at step {step}: ' + ', '.join(f'{k} {v:.3f}' for k, v in scalars.items()))
 
       preempted = guard.reached(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
@@ -158,7 +167,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
         ckpt.save(step, state, iterators, force=preempted)
         writer.flush()
       if preempted:
-        print(f'Stopped by preemption at step {step}; the next `train` resumes here.', flush=True)
+        _print(f'Stopped by preemption at step {step}; the next `train` resumes here.')
         break
 
   drain()  # Steps after the last log line (a preemption) are written too.

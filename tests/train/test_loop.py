@@ -1,5 +1,5 @@
 """Training end to end on the tiny built-in datasets: logs, checkpoints, exact resumption, and the
-same losses on 1 and 8 devices."""
+same losses on 1 device and on 8 then 4 devices (a resume on another mesh)."""
 import glob
 import json
 import os
@@ -80,25 +80,44 @@ sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 from sparse_tubes.train import loop
 import jax
-assert jax.device_count() == 8, jax.devices()
-loop.train(tiny_config({data!r}, mesh__data=4, mesh__fsdp=2), {workdir!r})
+assert jax.device_count() == {devices}, jax.devices()
+loop.train(tiny_config({data!r}, mesh__data={data_axis}, mesh__fsdp={fsdp}), {workdir!r},
+           stop_after_steps={stop})
 """
 
 
-@pytest.mark.slow
-def test_eight_devices_match_one(uninterrupted, tiny_data_dir, tmp_path):
-  """The same run on 8 fake CPU devices (data=4 x fsdp=2) gives the 1-device losses."""
-  workdir = str(tmp_path)
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  code = CHILD.format(tests=os.path.join(REPO, 'tests'), data=tiny_data_dir, workdir=workdir)
+def train_on(devices: int, data_axis: int, fsdp: int, workdir: str, data_dir: str, stop=None):
+  """loop.train in a child process with `devices` fake CPU devices; returns its stderr."""
+  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  code = CHILD.format(tests=os.path.join(REPO, 'tests'), data=data_dir, workdir=workdir,
+                      devices=devices, data_axis=data_axis, fsdp=fsdp, stop=stop)
   proc = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  eight, steps = losses(workdir)
+  return proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_on_another_mesh_and_process_count(uninterrupted, tiny_data_dir, tmp_path):
+  """8 fake CPU devices (data=4 x fsdp=2) train 4 steps (checkpoint at 3); the run resumes on 4
+  devices (data=1 x fsdp=4) from a checkpoint whose data states name another process count: the
+  parameters, optimizer state and step are resharded, the iterators continue at 3 x batch_size,
+  and all six losses are the 1-device run's."""
+  workdir = str(tmp_path)
+  train_on(8, 4, 2, workdir, tiny_data_dir, stop=4)
+  # What a 2-process run writes instead of process_0-of-1.json: states that cannot apply here.
+  for name in ('shapes_video', 'shapes_image'):
+    data = os.path.join(workdir, 'checkpoints', '3', f'data_{name}')
+    os.rename(os.path.join(data, 'process_0-of-1.json'), os.path.join(data, 'process_0-of-2.json'))
+    os.symlink('process_0-of-2.json', os.path.join(data, 'process_1-of-2.json'))
+  log = train_on(4, 1, 4, workdir, tiny_data_dir)
+  assert ('data iterator states of shapes_image, shapes_video were saved by 2 processes, this run '
+          'has 1') in log, log[-3000:]
+  resumed, steps = losses(workdir)
   one, _ = losses(uninterrupted[0])
   assert steps == [1, 2, 3, 4, 5, 6]
   # Same parameters at init, same batches; only the order of the reductions differs.
-  np.testing.assert_allclose(eight, one, rtol=1e-4)
+  np.testing.assert_allclose(resumed, one, rtol=1e-4)
 
 
 def test_bfloat16_compute_with_float32_params_and_profile(make_config, tmp_path):

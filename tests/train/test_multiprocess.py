@@ -49,6 +49,9 @@ def test_two_processes_train_and_evaluate(tiny_data_dir, make_config, tmp_path):
   results = [json.loads(next(l for l in out.splitlines() if l.startswith('RESULT '))[7:])
              for out in outs]
   assert all(r['process_count'] == 2 for r in results)
+  # Process 0 alone prints progress lines (loop.train called directly, not through the CLI).
+  progress = [[l for l in out.splitlines() if l.startswith('step ')] for out in outs]
+  assert len(progress[0]) == 6 and progress[1] == [], outs[1][-2000:]
   # Both hosts computed the same global step and the same evaluation over every view.
   assert results[0]['loss'] == results[1]['loss']
   assert results[0]['video'] == results[1]['video']
