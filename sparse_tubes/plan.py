@@ -34,8 +34,7 @@ def _quiet_libtpu(topology):
   # Compiling only: several plans (pytest workers) may load libtpu at once.
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   import jax
-  from jax._src import xla_bridge
-  if not os.environ.get('JAX_PLATFORMS') and not xla_bridge.backends_are_initialized():
+  if not os.environ.get('JAX_PLATFORMS'):  # (no effect once a backend is up: then it is harmless)
     jax.config.update('jax_platforms', 'cpu')  # The host runs nothing on a TPU it may have.
 
 
@@ -133,19 +132,17 @@ def plan(config, topology: str | None = None) -> dict:
   from flax import nnx
 
   from sparse_tubes import config as config_lib, info, zoo
+  from sparse_tubes import run as run_lib
   from sparse_tubes.train import optim, sharding, state as state_lib, step as step_lib
 
   devices = topology_devices(topo)
-  if config.model.get('attention_impl', 'auto') == 'auto':
-    # 'auto' picks by the backend the process runs on (CPU here); compile what a TPU run picks.
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-      config.model.attention_impl = 'xla'
+  # attention_impl='auto' resolves by the platform of the mesh's devices (models/attention.py), so
+  # the TPU devices below compile what a TPU run picks: splash from 1,024 keys up, else xla.
   processes = len({d.process_index for d in devices})
   config_lib.validate(config, num_devices=len(devices), process_count=processes)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_tuple(config.sharding_rules)
-  classes = info.num_classes(config)
+  classes = run_lib.num_classes(config)
   total_steps = config_lib.total_steps(config, {
       n: zoo.TRAIN_EXAMPLES.get(ds.tfds_name, 1_000_000) for n, ds in config.datasets.items()})
 
