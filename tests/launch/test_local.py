@@ -98,7 +98,8 @@ def test_two_processes_match_one_through_a_preemption(tiny_data_dir, tmp_path):
   # Same global batches (the hosts' slices interleave into the same examples), same updates,
   # across the preemption.
   np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
-  assert eval2 == pytest.approx(eval1, abs=1e-6) and len(eval1) == 4
+  assert {'eval/top1/shapes_video', 'eval/top1/shapes_image'} <= set(eval1)
+  assert eval2 == pytest.approx(eval1, abs=1e-6)
   # The final checkpoints, read on this 1-device process, agree to 1e-3 of each array's norm: Adam
   # divides each gradient by its own running scale, so gradients that are ~0 but for rounding
   # (the attention key biases, which softmax ignores) move by different ~1e-6 steps, and single
