@@ -10,9 +10,10 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
-from sparse_tubes import config as config_lib, info
+from sparse_tubes import config as config_lib, info, run
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KEYS = ('fits', 'hbm_per_chip_gib', 'hbm_capacity_gib', 'params_gib', 'optimizer_gib', 'temp_gib',
@@ -51,8 +52,8 @@ def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
   assert small['fits'] and small['chips'] == 4 and small['topology'] == 'v5e:2x2'
   assert small['hbm_capacity_gib'] == 16 and small['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
   config = config_lib.load(TINY)
-  params = sum(x.size for x in __import__('jax').tree.leaves(info.abstract_model(
-      config.model, info.num_classes(config))[1]))
+  params = sum(x.size for x in jax.tree.leaves(info.abstract_model(
+      config.model, run.num_classes(config))[1]))
   assert small['params'] == params
   assert small['params_gib'] == pytest.approx(params * 4 / 2**30)      # replicated float32
   assert small['optimizer_gib'] == pytest.approx(2 * small['params_gib'], rel=0.01)  # Adam mu, nu
