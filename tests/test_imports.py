@@ -44,8 +44,12 @@ def import_graph() -> dict[str, dict[str, int]]:
       for t in targets:
         while t and t not in modules:  # `import a.b.c.func`-style names: the module holding them
           t = t.rpartition('.')[0]
-        if t and t != name and (name, t) not in ALLOWED:
-          graph[name].setdefault(t, node.lineno)
+        # Importing a.b.c runs the __init__ of every package above it too (a.b here).
+        parents = [t.rsplit('.', i)[0] for i in range(t.count('.'))] if t else []
+        for target in [t] + parents:
+          if (target in modules and target != name and not name.startswith(target + '.')
+              and (name, target) not in ALLOWED):
+            graph[name].setdefault(target, node.lineno)
   return graph
 
 

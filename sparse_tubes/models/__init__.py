@@ -1,6 +1,6 @@
-"""Models: tokenizer (patches / tubelets / sparse tubes) -> encoder -> heads."""
-from sparse_tubes.models.tokenizers import SparseTubes, count_tokens, tube_grid, validate_tubes
-from sparse_tubes.models.video_vit import VideoViT, build_model
+"""Models: tokenizer (patches / tubelets / sparse tubes) -> encoder -> heads.
 
-__all__ = ['SparseTubes', 'VideoViT', 'build_model', 'count_tokens', 'tube_grid',
-           'validate_tubes']
+Import the modules themselves (`from sparse_tubes.models import video_vit`): this package file
+imports none of them, so that `config` can check model keys against their choices without an
+import circle through `video_vit`, which reads the checked config.
+"""

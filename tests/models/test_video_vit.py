@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sparse_tubes.models import build_model, count_tokens, partitioning
+from sparse_tubes.models import partitioning
+from sparse_tubes.models.tokenizers import count_tokens
+from sparse_tubes.models.video_vit import build_model
 
 NUM_CLASSES = {'shapes_video': 4, 'shapes_image': 3}
 TINY_CONFIG = pathlib.Path(__file__).parents[2] / 'configs' / 'synthetic' / 'tubevit_tiny.py'

@@ -12,7 +12,8 @@ import pytest
 from flax import nnx
 
 from sparse_tubes import config as config_lib
-from sparse_tubes.models import build_model, encoder, tokenizers
+from sparse_tubes.models import encoder, tokenizers
+from sparse_tubes.models.video_vit import build_model
 
 NUM_CLASSES = {'shapes_video': 8}
 VIDEO = np.random.RandomState(0).uniform(-1, 1, (2, 4, 16, 16, 3)).astype(np.float32)
