@@ -69,6 +69,14 @@ def parse_arg(arg) -> dict:
   return out
 
 
+def arg_choice(arg, key: str, allowed, default: str, config_file: str) -> str:
+  """The value of `key` in a config's arg (`file.py:key=value`), checked against `allowed`."""
+  value = parse_arg(arg).get(key, default)
+  if value not in allowed:
+    raise ValueError(f'{config_file}:{key}={value}: use one of {tuple(allowed)}.')
+  return value
+
+
 def epochs_to_steps(epochs: float, tfds_name: str, batch_size: int) -> int:
   return int(round(epochs * TRAIN_EXAMPLES[tfds_name] / batch_size))
 

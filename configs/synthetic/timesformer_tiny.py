@@ -17,9 +17,7 @@ ATTENTIONS = ('divided', 'joint', 'space', 'local_global', 'axial')
 
 
 def get_config(arg=None):
-  attention = zoo.parse_arg(arg).get('attention', 'divided')
-  if attention not in ATTENTIONS:
-    raise ValueError(f'timesformer_tiny.py:attention={attention}: use one of {ATTENTIONS}.')
+  attention = zoo.arg_choice(arg, 'attention', ATTENTIONS, 'divided', 'timesformer_tiny.py')
   c = zoo.synthetic(images=True)
   c.model.name = 'timesformer'
   # 2D 8x8 patches on every frame (TimeSformer §3) -> an 8x4x4 token grid; images use the same tube.

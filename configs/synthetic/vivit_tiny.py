@@ -21,9 +21,7 @@ MODELS = {
 
 
 def get_config(arg=None):
-  model = zoo.parse_arg(arg).get('model', 'm1')
-  if model not in MODELS:
-    raise ValueError(f'vivit_tiny.py:model={model}: use one of {tuple(MODELS)}.')
+  model = zoo.arg_choice(arg, 'model', MODELS, 'm1', 'vivit_tiny.py')
   c = zoo.synthetic(images=False)
   c.model.name = 'vivit'
   # Tubelet embedding (ViViT §3.2): 2x8x8 tubelets, stride = kernel -> a 4x4x4 token grid. Tubelets
