@@ -2,7 +2,7 @@
 
   python -m sparse_tubes.bench step --config=CONFIG.py[:arg] [--steps=N] [--warmup=W] [--json]
       [--batch_size=B] [--attention_impl=einsum,xla] [--scan_layers=false,true]
-      [--remat=none,full] [--dtype=float32,bfloat16] [--topology=v5e:2x2]
+      [--remat=none,full] [--dtype=float32,bfloat16] [--topology=v5e:2x2] [--with_data]
   python -m sparse_tubes.bench attention --topology=v5e:2x2 [--tokens=3137,12544] [--heads=16]
       [--batch=4] [--attention_impl=xla,splash]
 
@@ -19,6 +19,16 @@ comparison option takes a comma-separated list; every combination is one row of 
   flops_per_s     flops_per_step / step_s
   mfu             flops_per_s / (peak bf16 FLOP/s of one device x devices); null where the peak is
                   unknown (CPU: read GFLOP/s instead)
+
+With --with_data the loop is also run as `train` runs it: batches from the config's real input
+pipeline (Grain, decode + augment on this host), read and put on the devices by the prefetch thread
+while the previous step runs, no wait per step. The dataset must be prepared (the built-in one is
+built). It adds:
+
+  loop_step_s     wall time per step of that loop over `steps` steps (timed to the last result)
+  device_loop_step_s  the same loop fed one random batch: what the step costs when data is free
+  data_wait_frac  1 - device_loop_step_s / loop_step_s (0 when the step never waits for data)
+  input_wait_s    mean time per step the loop waited on the prefetch queue
 
 With --topology=v5e:2x2 (any TPU topology name) nothing runs: the step is compiled ahead of time for
 that TPU slice from this (CPU) machine, and the memory one chip needs is reported against its HBM
@@ -38,8 +48,9 @@ from flax import nnx
 from sparse_tubes import config as config_lib
 from sparse_tubes import info
 from sparse_tubes import run as run_lib
+from sparse_tubes.data import pipeline
 from sparse_tubes.models import attention
-from sparse_tubes.train import optim, sharding, state as state_lib, step as step_lib
+from sparse_tubes.train import optim, prefetch, sharding, state as state_lib, step as step_lib
 
 # Dense bfloat16 peak FLOP/s per device (one chip; for v4/v5p one chip = 2 TensorCores as JAX sees
 # it as one device): Google Cloud TPU and NVIDIA datasheets. Matched by substring of device_kind,
@@ -108,9 +119,11 @@ def _random_batch(config, mesh, rules, seed=0):
   return sharding.global_batch(local, mesh, rules)
 
 
-def measure(config, *, steps: int = 5, warmup: int = 2) -> dict:
+def measure(config, *, steps: int = 5, warmup: int = 2, with_data: bool = False) -> dict:
   """Compiles and times config's train step; returns the row (see the module docstring)."""
   config_lib.validate(config, num_devices=jax.device_count(), process_count=jax.process_count())
+  if with_data:  # A missing dataset fails here, before the compile.
+    data_dir, _ = run_lib.dataset_infos(config)
   classes = run_lib.num_classes(config)
   mesh = sharding.make_mesh(config.mesh)
   rules = sharding.rules_tuple(config.sharding_rules)
@@ -128,6 +141,8 @@ def measure(config, *, steps: int = 5, warmup: int = 2) -> dict:
       jax.block_until_ready((state, metrics))
       if i >= warmup:
         times.append(time.perf_counter() - start)
+    loop = _time_loop(config, compiled, state, batch, data_dir, mesh, rules, steps, max(warmup, 1)
+                      ) if with_data else {}
   step_s = statistics.median(times)
   examples = sum(ds.batch_size for ds in config.datasets.values())
   tokens = sum(ds.batch_size * sum(info.token_counts(config.model, info.input_shape(ds))[k]
@@ -148,7 +163,40 @@ def measure(config, *, steps: int = 5, warmup: int = 2) -> dict:
       num_devices=jax.device_count(),
       peak_flops_per_s=None if peak is None else peak * jax.device_count(),
       mfu=None if peak is None else flops / step_s / (peak * jax.device_count()),
-      temp_mib=None if mem is None else mem.temp_size_in_bytes / 2**20)
+      temp_mib=None if mem is None else mem.temp_size_in_bytes / 2**20, **loop)
+
+
+def _time_loop(config, compiled, state, batch, data_dir, mesh, rules, steps, warmup) -> dict:
+  """The training loop's way of stepping (no wait per step, the last result waited for), fed by
+  the real pipeline through the prefetch thread, then by one random batch."""
+  iterators = {
+      n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
+                                 process_index=jax.process_index(),
+                                 process_count=jax.process_count(), grain_cfg=config.grain, name=n)
+      for n, ds in config.datasets.items()}
+  feed = prefetch.Prefetcher(iterators, lambda b: sharding.global_batch(b, mesh, rules),
+                             size=config.prefetch_batches)
+  with feed:
+    state = _steps(compiled, state, lambda: next(feed), warmup)
+    waited, start = feed.wait_s, time.perf_counter()
+    state = _steps(compiled, state, lambda: next(feed), steps)
+    loop_s = (time.perf_counter() - start) / steps
+    waited = (feed.wait_s - waited) / steps
+  start = time.perf_counter()
+  _steps(compiled, state, lambda: batch, steps)
+  device_s = (time.perf_counter() - start) / steps
+  examples = sum(ds.batch_size for ds in config.datasets.values())
+  return dict(loop_step_s=loop_s, device_loop_step_s=device_s,
+              data_wait_frac=max(0.0, 1 - device_s / loop_s), input_wait_s=waited,
+              loop_examples_per_s=examples / loop_s)
+
+
+def _steps(compiled, state, next_batch, n):
+  metrics = None
+  for _ in range(n):
+    state, metrics = compiled(state, next_batch())
+  jax.block_until_ready((state, metrics))
+  return state
 
 
 # HBM per chip (GiB), for the compile-only check against a TPU topology.
@@ -247,11 +295,19 @@ def _fmt_row(r: dict) -> str:
   return (f"{r['attention_impl']:<8}{str(r['scan_layers']):<6}{str(r['remat']):<7}{r['dtype']:<10}"
           f"{r['compile_s']:>9.1f}{1000 * r['step_s']:>10.1f}{r['examples_per_s']:>10.1f}"
           f"{r['tokens_per_s']:>12.0f}{r['flops_per_step'] / 1e9:>12.2f}{r['gflops_per_s']:>10.1f}"
-          f"{mfu:>7}")
+          f"{mfu:>7}"
+          + ('' if 'loop_step_s' not in r else
+             f"{1000 * r['loop_step_s']:>13.1f}{1000 * r['device_loop_step_s']:>15.1f}"
+             f"{100 * r['data_wait_frac']:>8.0f}%"))
 
 
 HEADER = (f"{'attn':<8}{'scan':<6}{'remat':<7}{'dtype':<10}{'compile_s':>9}{'step_ms':>10}"
           f"{'ex/s':>10}{'tokens/s':>12}{'GFLOP/step':>12}{'GFLOP/s':>10}{'MFU':>7}")
+
+
+# --with_data: the loop with the real pipeline, the same loop on one random batch, and the share
+# of the step spent waiting for data.
+DATA_HEADER = f"{'data_loop_ms':>13}{'random_loop_ms':>15}{'wait':>9}"
 
 
 TOPOLOGY_HEADER = (f"{'attn':<8}{'scan':<6}{'remat':<7}{'dtype':<10}{'compile_s':>9}"
@@ -266,10 +322,13 @@ def _fmt_topology_row(r: dict) -> str:
 
 
 def run(config_path: str, *, steps: int = 5, warmup: int = 2, as_json: bool = False,
-        batch_size: int | None = None, topology: str | None = None, **options) -> list[dict]:
+        batch_size: int | None = None, topology: str | None = None, with_data: bool = False,
+        **options) -> list[dict]:
   """One row per variant: timed on the local devices, or with `topology` compiled for it only."""
   if steps < 1:
     raise ValueError(f'--steps={steps}: time at least one step.')
+  if topology and with_data:
+    raise ValueError('--with_data runs the loop here; --topology only compiles: use one of them.')
   rows = []
   for variant in variants(options):
     config = config_lib.load(config_path)
@@ -280,7 +339,7 @@ def run(config_path: str, *, steps: int = 5, warmup: int = 2, as_json: bool = Fa
         for ds in config.datasets.values():
           ds.batch_size = batch_size
     row = (compile_for_topology(config, topology) if topology else
-           measure(config, steps=steps, warmup=warmup))
+           measure(config, steps=steps, warmup=warmup, with_data=with_data))
     rows.append(row)
     if as_json:
       print(json.dumps(row), flush=True)
@@ -290,8 +349,8 @@ def run(config_path: str, *, steps: int = 5, warmup: int = 2, as_json: bool = Fa
             f"global batch {row['batch_size']}; memory per chip:\n{TOPOLOGY_HEADER}", flush=True)
     elif len(rows) == 1:
       print(f"{row['model']} on {row['num_devices']} x {row['device_kind']} ({row['platform']}), "
-            f"batch {row['batch_size']}, median of {steps} steps after {warmup}:\n{HEADER}",
-            flush=True)
+            f"batch {row['batch_size']}, median of {steps} steps after {warmup}:\n{HEADER}"
+            + (DATA_HEADER if with_data else ''), flush=True)
     print((_fmt_topology_row if topology else _fmt_row)(row), flush=True)
   return rows
 
@@ -306,6 +365,9 @@ def main(argv=None):
   parser.add_argument('--batch_size', type=int, default=None,
                       help='global batch of every dataset (default: the config\'s)')
   parser.add_argument('--json', action='store_true', help='one JSON object per row')
+  parser.add_argument('--with_data', action='store_true',
+                      help="also run the loop on the config's input pipeline (prefetched, as "
+                      "`train` does) and report how much of each step waits for data")
   parser.add_argument('--topology', default=None,
                       help="compile only, for this TPU topology (e.g. v5e:2x2; needs libtpu, not a "
                       "TPU), and report the memory per chip")
@@ -314,7 +376,8 @@ def main(argv=None):
                         help=f'config.model.{key}; a comma-separated list compares them')
   args = parser.parse_args(argv)
   run(args.config, steps=args.steps, warmup=args.warmup, as_json=args.json,
-      batch_size=args.batch_size, topology=args.topology, **{k: getattr(args, k) for k in COMPARE})
+      batch_size=args.batch_size, topology=args.topology, with_data=args.with_data,
+      **{k: getattr(args, k) for k in COMPARE})
 
 
 def main_attention(argv=None):

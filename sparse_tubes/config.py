@@ -235,7 +235,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       raise ValueError(f'config.datasets.{name} ({input_shape(ds)}): {e}') from None
 
   for key in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-              'max_nonfinite_skips'):
+              'max_nonfinite_skips', 'prefetch_batches'):
     if config[key] < 1:
       raise ValueError(f'config.{key}={config[key]} must be >= 1 (e.g. config.{key}='
                        f'{defaults.base()[key]}).')

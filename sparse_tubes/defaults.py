@@ -172,6 +172,9 @@ def base() -> ml_collections.ConfigDict:
   c.freeze = ml_collections.ConfigDict(dict(patterns=(), layers_before=0))
 
   c.grain = ml_collections.ConfigDict(dict(worker_count=0, worker_buffer_size=2, read_threads=4))
+  # Global batches read and put on the devices ahead of the step, by a thread beside the loop
+  # (sparse_tubes/train/prefetch.py): each costs one batch of device memory.
+  c.prefetch_batches = 2
 
   c.log_every_steps = 25
   c.eval_every_steps = 0      # > 0: multi-view eval every N steps and at the end, while training

@@ -13,7 +13,8 @@ from sparse_tubes import run
 from sparse_tubes.data import pipeline
 from sparse_tubes.evaluator import Evaluator
 from sparse_tubes.pretrained import init as init_lib
-from sparse_tubes.train import metrics, nonfinite, optim, preemption, sharding, state as state_lib
+from sparse_tubes.train import metrics, nonfinite, optim, preemption, prefetch, sharding
+from sparse_tubes.train import state as state_lib
 from sparse_tubes.train import step as step_lib, workdir_lock
 
 
@@ -131,11 +132,14 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)
   step = start
 
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  # The next batches are read and sent to the devices while a step runs; checkpoints save the
+  # iterators' positions as of the batches taken (feed.positions()), not their live state.
+  feed = prefetch.Prefetcher(iterators, lambda b: sharding.global_batch(b, mesh, rules),
+                             size=config.prefetch_batches)
+  with feed, jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     while step < end:
       profile(step, block_on=state)
-      batch = {n: next(it) for n, it in iterators.items()}
-      state, step_metrics = train_step(state, sharding.global_batch(batch, mesh, rules))
+      state, step_metrics = train_step(state, next(feed))
       step += 1
       pending.append((step, step_metrics))  # Fetched at log time: no host sync every step.
 
@@ -164,7 +168,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
           stop = f'step {step}: the parameters hold NaN or Inf'
         if stop:
           break
-        ckpt.save(step, state, iterators, force=preempted)
+        ckpt.save(step, state, feed.positions(), force=preempted)
         writer.flush()
       if preempted:
         _print(f'Stopped by preemption at step {step}; the next `train` resumes here.')
