@@ -6,8 +6,6 @@ import pytest
 
 from sparse_tubes import bench, bench_step, info
 
-CONFIG = 'configs/synthetic/vivit_m1_tiny.py'
-
 
 def test_peak_table_matches_device_kinds():
   assert bench_step.peak_flops('TPU v5 lite') == 197e12      # v5e
