@@ -72,7 +72,8 @@ PAPER = {
     'kinetics400/timesformer_divst': 'v5e:2x4',
 }
 MORE = ['kinetics400/tubevit_l', 'kinetics400/vivit_b16x2_m1', 'kinetics400/vivit_b16x2_m3',
-        'kinetics400/vivit_b16x2_m4', 'kinetics400/timesformer_hr', 'kinetics400/timesformer_l']
+        'kinetics400/vivit_b16x2_m4', 'kinetics400/timesformer_hr', 'kinetics400/timesformer_l',
+        'kinetics400/tubevit_h', 'kinetics400/vivit_l16x2_fe']
 
 
 def _check_paper(name):

@@ -147,10 +147,10 @@ def grid_attention(q, k, v, grid, axis: int):
 
 
 # Groupings that attend along one grid axis: with einsum (the CPU path) they skip the transposes
-# into groups and back (`grid_attention`). Measured on CPU (fwd + bwd of one step, XLA 0.10):
-# at most a few % faster at ViT-B sizes (8x14x14 tokens, 768 wide) and 10-25% faster on the tiny
-# configs. Not taken with a class token in the group, nor for 'local'/'global' groups: there the
-# same trick measured 15-45% slower than the transposes at ViT-B sizes.
+# into groups and back (`grid_attention`). Measured on CPU (fwd + bwd of one step, XLA 0.10): 0-10%
+# faster on the tiny configs, within 3% at ViT-B sizes (8x14x14 tokens, 768 wide); XLA folds most
+# transposes into the matmul layouts. Not taken with a class token in each group, nor for
+# 'local'/'global' groups: the same trick there measured up to 45% slower at ViT-B sizes.
 GRID_AXES = {'time': 0, 'height': 1, 'width': 2}
 
 
