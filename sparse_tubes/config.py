@@ -21,6 +21,18 @@ def _unknown(key: str, known, where: str) -> ValueError:
   return ValueError(f'Unknown config key {where}{key}; {hint}')
 
 
+def check_override(config: ml_collections.ConfigDict, dotted: str) -> None:
+  """Raises check_tree's "did you mean" error when a command-line override `--config.a.b=...`
+  names no key of `config` (absl's parser would fail later, with a page of traceback)."""
+  node, where = config, 'config.'
+  for part in dotted.split('.'):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return  # Inside a tuple or a value: absl's parser says what it accepts.
+    if part not in node:
+      raise _unknown(part, node.keys(), where)
+    node, where = node[part], f'{where}{part}.'
+
+
 def _type_ok(value, types) -> bool:
   if isinstance(value, bool):  # a bool is an int in Python, but not a valid int or float here
     return bool in types

@@ -23,6 +23,7 @@
   give --coordinator_address, --num_processes and --process_id (launch/local.py does).
 """
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -178,7 +179,30 @@ def main(argv):
       raise SystemExit(f'Error: {e}') from None
 
 
+def check_overrides(argv) -> None:
+  """Exits with one line naming a mistyped `--config.a.b=value` key, before absl parses the flags
+  (its parser fails on one with a page of traceback)."""
+  args = argv[1:]
+  spec = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
+  if spec is None and '--config' in args[:-1]:
+    spec = args[args.index('--config') + 1]
+  keys = [a[len('--config.'):].split('=', 1)[0] for a in args if a.startswith('--config.')]
+  if not spec or not keys:
+    return
+  from sparse_tubes import config as config_lib
+  try:
+    config = config_lib.load(spec)
+  except Exception:  # noqa: BLE001 - a config that does not load: absl's parser reports it
+    return
+  for key in keys:
+    try:
+      config_lib.check_override(config, key)
+    except ValueError as e:
+      raise SystemExit(str(e)) from None
+
+
 def run():
+  check_overrides(sys.argv)
   app.run(main)
 
 

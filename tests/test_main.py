@@ -14,10 +14,23 @@ def cli(*args, timeout=600):
                         capture_output=True, text=True, timeout=timeout)
 
 
-def test_unknown_override_is_rejected(tmp_path):
+def test_unknown_override_is_rejected_in_one_line(tmp_path):
   proc = cli('train', f'--config={TINY}', '--config.model.hiden_size=3', f'--workdir={tmp_path}')
   assert proc.returncode != 0
-  assert 'hiden_size' in proc.stderr
+  assert proc.stderr.strip() == ('Unknown config key config.model.hiden_size; did you mean '
+                                 'config.model.hidden_size?')
+  assert not os.listdir(tmp_path)   # nothing ran
+
+
+def test_overrides_checked_against_the_config_file():
+  from sparse_tubes import main
+  main.check_overrides(['x', 'train', '--config', TINY, '--config.total_steps=3',
+                        '--config.optimizer.learning_rate=0.1', '--config.model.tubes=()'])
+  with pytest.raises(SystemExit, match=r'config\.optimizr; did you mean config\.optimizer\?'):
+    main.check_overrides(['x', 'train', f'--config={TINY}', '--config.optimizr.learning_rate=1'])
+  with pytest.raises(SystemExit, match=r'config\.datasets\.shapes_video\.batchsize'):
+    main.check_overrides(['x', 'train', f'--config={TINY}',
+                          '--config.datasets.shapes_video.batchsize=2'])
 
 
 def test_missing_command_is_a_usage_error(tmp_path):
