@@ -175,7 +175,7 @@ def _time_loop(config, compiled, state, batch, data_dir, mesh, rules, steps, war
                                  process_count=jax.process_count(), grain_cfg=config.grain, name=n)
       for n, ds in config.datasets.items()}
   feed = prefetch.Prefetcher(iterators, lambda b: sharding.global_batch(b, mesh, rules),
-                             size=config.prefetch_batches)
+                             size=config.prefetch_batches, limit=warmup + steps)
   with feed:
     state = _steps(compiled, state, lambda: next(feed), warmup)
     waited, start = feed.wait_s, time.perf_counter()

@@ -135,7 +135,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   # The next batches are read and sent to the devices while a step runs; checkpoints save the
   # iterators' positions as of the batches taken (feed.positions()), not their live state.
   feed = prefetch.Prefetcher(iterators, lambda b: sharding.global_batch(b, mesh, rules),
-                             size=config.prefetch_batches)
+                             size=config.prefetch_batches, limit=max(end - step, 0))
   with feed, jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     while step < end:
       profile(step, block_on=state)

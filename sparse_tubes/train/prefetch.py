@@ -39,10 +39,12 @@ _END = object()
 class Prefetcher:
   """Iterator of {name: global batch}, `size` batches ahead of the loop (see the module doc).
 
-  `wait_s` sums the time the loop waited for a batch. Call `close()` (or use it as a context
-  manager) when done: the thread stops after the batch it is reading."""
+  `wait_s` sums the time the loop waited for a batch. `limit`: how many batches the loop will
+  take (None: no end); no more are read, so a short run decodes nothing it does not train on.
+  Call `close()` (or use it as a context manager) when done: the thread stops after the batch it
+  is reading."""
 
-  def __init__(self, iterators: dict, to_device, size: int = 2):
+  def __init__(self, iterators: dict, to_device, size: int = 2, limit: int | None = None):
     if size < 1:
       raise ValueError(f'prefetch size {size}: at least one batch ahead.')
     self._iterators = iterators
@@ -52,6 +54,7 @@ class Prefetcher:
     self._positions = {n: json.dumps(it.get_state(), indent=4) for n, it in iterators.items()}
     self.wait_s = 0.0
     self._done = None
+    self._limit = limit
     self._thread = threading.Thread(target=self._fill, name='sparse_tubes-prefetch', daemon=True)
     self._thread.start()
 
@@ -66,7 +69,11 @@ class Prefetcher:
 
   def _fill(self):
     try:
+      read = 0
       while not self._stop.is_set():
+        if self._limit is not None and read == self._limit:
+          raise StopIteration
+        read += 1
         host = {n: next(it) for n, it in self._iterators.items()}
         states = {n: json.dumps(it.get_state(), indent=4) for n, it in self._iterators.items()}
         if not self._put((self._to_device(host), states)):

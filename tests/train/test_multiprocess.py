@@ -21,12 +21,20 @@ jax.distributed.initialize('localhost:{port}', num_processes=2, process_id={pid}
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
 from sparse_tubes import evaluate
-from sparse_tubes.train import loop
+from sparse_tubes.train import loop, workdir_lock
 config = tiny_config({data!r})
+try:  # A workdir another `train` holds: process 0 finds the lock, both processes stop.
+  loop.train(config, {locked!r})
+  locked = ''
+except workdir_lock.WorkdirLocked as e:
+  locked = str(e)
 summary = loop.train(config, {workdir!r})
 result = evaluate.evaluate(config, {workdir!r}, save_predictions={workdir!r} + '/pred2.npz')
+every = evaluate.evaluate_checkpoints(config, {workdir!r}, 'all', force=True)
 print('RESULT ' + json.dumps(dict(process_count=jax.process_count(), loss=summary['train/loss'],
-                                  video=result['datasets']['shapes_video'])), flush=True)
+                                  video=result['datasets']['shapes_video'], locked=locked,
+                                  all=[(s['step'], s['datasets']['shapes_video']['top1'])
+                                       for s in every])), flush=True)
 """
 
 
@@ -38,10 +46,12 @@ def free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_train_and_evaluate(tiny_data_dir, make_config, tmp_path):
-  port, workdir = free_port(), str(tmp_path)
+  port, workdir, locked = free_port(), str(tmp_path / 'run'), tmp_path / 'locked'
+  locked.mkdir()   # held by a live `train` elsewhere: this process, heartbeat now
+  (locked / 'train.lock').write_text(json.dumps({'host': socket.gethostname(), 'pid': os.getpid()}))
   procs = [subprocess.Popen(
       [sys.executable, '-c', CHILD.format(port=port, pid=pid, tests=os.path.join(REPO, 'tests'),
-                                          data=tiny_data_dir, workdir=workdir)],
+                                          data=tiny_data_dir, workdir=workdir, locked=str(locked))],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for pid in (0, 1)]
   outs = [p.communicate(timeout=600)[0] for p in procs]
   for p, out in zip(procs, outs):
@@ -49,6 +59,13 @@ def test_two_processes_train_and_evaluate(tiny_data_dir, make_config, tmp_path):
   results = [json.loads(next(l for l in out.splitlines() if l.startswith('RESULT '))[7:])
              for out in outs]
   assert all(r['process_count'] == 2 for r in results)
+  # The lock: process 0 read it, process 1 learnt it by broadcast; neither wrote anything there.
+  assert f'pid {os.getpid()}' in results[0]['locked'], results[0]['locked']
+  assert 'process 0 found its lock' in results[1]['locked'], results[1]['locked']
+  assert sorted(os.listdir(locked)) == ['train.lock']
+  # --checkpoint=all on two processes: both steps, the same scores on both, the last = latest.
+  assert [s for s, _ in results[0]['all']] == [3, 6] and results[0]['all'] == results[1]['all']
+  assert results[0]['all'][-1][1] == pytest.approx(results[0]['video']['top1'])
   # Process 0 alone prints progress lines (loop.train called directly, not through the CLI).
   progress = [[l for l in out.splitlines() if l.startswith('step ')] for out in outs]
   assert len(progress[0]) == 6 and progress[1] == [], outs[1][-2000:]

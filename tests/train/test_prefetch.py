@@ -90,3 +90,12 @@ def test_grain_worker_processes_through_the_thread(tiny_data_dir):
   got += [next(resumed)['inputs'] for _ in range(2)]
   for a, b in zip(got, reference, strict=True):
     np.testing.assert_array_equal(a, b)
+
+
+def test_limit_reads_no_more_batches_than_the_loop_takes():
+  reference = [b['x'] for b in _iterator()]
+  it = _iterator()
+  with prefetch.Prefetcher({'a': it}, lambda b: b, size=2, limit=3) as feed:
+    assert len(list(feed)) == 3
+    time.sleep(0.2)
+  np.testing.assert_array_equal(next(it)['x'], reference[3])   # the thread stopped at 3
