@@ -48,7 +48,6 @@ from flax import nnx
 from sparse_tubes import config as config_lib
 from sparse_tubes import info
 from sparse_tubes import run as run_lib
-from sparse_tubes.data import pipeline
 from sparse_tubes.models import attention
 from sparse_tubes.train import optim, prefetch, sharding, state as state_lib, step as step_lib
 
@@ -169,12 +168,7 @@ def measure(config, *, steps: int = 5, warmup: int = 2, with_data: bool = False)
 def _time_loop(config, compiled, state, batch, data_dir, mesh, rules, steps, warmup) -> dict:
   """The training loop's way of stepping (no wait per step, the last result waited for), fed by
   the real pipeline through the prefetch thread, then by one random batch."""
-  iterators = {
-      n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count(), grain_cfg=config.grain, name=n)
-      for n, ds in config.datasets.items()}
-  feed = prefetch.Prefetcher(iterators, lambda b: sharding.global_batch(b, mesh, rules),
+  feed = prefetch.Prefetcher(run_lib.train_iterators(config, data_dir), lambda b: sharding.global_batch(b, mesh, rules),
                              size=config.prefetch_batches, limit=warmup + steps)
   with feed:
     state = _steps(compiled, state, lambda: next(feed), warmup)

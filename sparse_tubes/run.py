@@ -140,6 +140,15 @@ def dataset_infos(config) -> tuple[str, dict[str, pipeline.DatasetInfo]]:
   return root, infos
 
 
+def train_iterators(config, data_dir: str) -> dict:
+  """{dataset: this process's endless train iterator}, each at the start of its shuffled order."""
+  return {n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
+                                     process_index=jax.process_index(),
+                                     process_count=jax.process_count(), grain_cfg=config.grain,
+                                     name=n)
+          for n, ds in config.datasets.items()}
+
+
 def num_classes(config, infos: dict | None = None) -> dict[str, int]:
   """Classes per dataset: from `infos` (the data itself) when given, else `zoo.NUM_CLASSES` for
   the known names (no data needed), else the prepared dataset's TFDS info."""

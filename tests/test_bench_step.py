@@ -73,7 +73,8 @@ def test_splash_cuts_attention_temporaries_on_a_v5e_compile():
 def test_with_data_shows_a_step_that_waits_for_the_pipeline(make_config, monkeypatch):
   """--with_data runs the loop on the real pipeline through the prefetch thread; a pipeline slower
   than the step shows up as the share of the step spent waiting."""
-  real = bench_step.pipeline.train_iterator
+  from sparse_tubes.data import pipeline
+  real = pipeline.train_iterator
 
   def slow(*args, **kw):   # 0.4 s a batch: far slower than the tiny step
     it = real(*args, **kw)
@@ -86,7 +87,7 @@ def test_with_data_shows_a_step_that_waits_for_the_pipeline(make_config, monkeyp
       def get_state(self):
         return it.get_state()
     return Slow()
-  monkeypatch.setattr(bench_step.pipeline, 'train_iterator', slow)
+  monkeypatch.setattr(pipeline, 'train_iterator', slow)
   row = bench_step.measure(make_config(), steps=3, warmup=1, with_data=True)
   assert row['device_loop_step_s'] > 0
   assert row['loop_examples_per_s'] == pytest.approx(16 / row['loop_step_s'])

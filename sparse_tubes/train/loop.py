@@ -10,7 +10,6 @@ from flax import nnx
 from sparse_tubes import config as config_lib
 from sparse_tubes import distributed
 from sparse_tubes import run
-from sparse_tubes.data import pipeline
 from sparse_tubes.evaluator import Evaluator
 from sparse_tubes.pretrained import init as init_lib
 from sparse_tubes.train import metrics, nonfinite, optim, preemption, prefetch, sharding
@@ -78,12 +77,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
     logging.info(line)
     _print(line)
 
-  iterators = {
-      n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
-                                 process_index=jax.process_index(),
-                                 process_count=jax.process_count(), grain_cfg=config.grain,
-                                 name=n)
-      for n, ds in config.datasets.items()}
+  iterators = run.train_iterators(config, data_dir)
 
   ckpt = run.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
