@@ -70,14 +70,13 @@ class Prefetcher:
   def _fill(self):
     try:
       read = 0
-      while not self._stop.is_set():
-        if self._limit is not None and read == self._limit:
-          raise StopIteration
+      while read != self._limit and not self._stop.is_set():
         read += 1
         host = {n: next(it) for n, it in self._iterators.items()}
         states = {n: json.dumps(it.get_state(), indent=4) for n, it in self._iterators.items()}
         if not self._put((self._to_device(host), states)):
           return
+      self._put(_END)  # The limit (or close(): then nobody takes it).
     except StopIteration:
       self._put(_END)
     except BaseException as e:  # noqa: BLE001 - handed to the loop, raised there
