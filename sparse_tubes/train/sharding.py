@@ -73,3 +73,8 @@ def global_batch(local: dict, mesh: Mesh, rules) -> dict:
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, rules, np.ndim(x)), x),
       local)
+
+
+def mesh_and_rules(config) -> tuple[Mesh, tuple]:
+  """The device mesh of `config.mesh` and the logical-axis rules of `config.sharding_rules`."""
+  return make_mesh(config.mesh), rules_tuple(config.sharding_rules)
