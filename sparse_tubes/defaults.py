@@ -150,8 +150,9 @@ def base() -> ml_collections.ConfigDict:
       step_boundaries=(0.73, 0.93)))  # schedule='step': lr x0.1 at these fractions of the steps
 
   # Mesh axes and the rules that map logical axis names onto them (MaxText's discipline).
-  # -1 takes the devices that are left.
-  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+  # -1 takes the devices that are left. `slices`: TPU slices joined over the data-centre network;
+  # they split the data axis only (sparse_tubes/train/sharding.py, docs/multislice.md).
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, slices=1))
   c.sharding_rules = (
       ('batch', ('data', 'fsdp')),
       ('embed', 'fsdp'),
