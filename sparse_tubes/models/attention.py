@@ -8,20 +8,48 @@ it; the core itself only sees (batch, tokens, heads, head_dim).
            flash attention for TPUs, which never materialises the (Tq, Tk) score matrix. Sequences
            are padded to the kernel's block size and the padded keys masked out (segment ids).
            Anywhere but on a TPU it runs in Pallas interpret mode (slow; for tests).
-  'cudnn'  cuDNN flash attention, jax.nn.dot_product_attention(implementation='cudnn'): NVIDIA GPUs,
-           bfloat16/float16 only.
+  'cudnn'  cuDNN flash attention, jax.nn.dot_product_attention(implementation='cudnn'), for NVIDIA
+           GPUs, any sequence length: see "cuDNN" below. A call it cannot serve runs 'xla' instead,
+           with one logged warning per cause.
   'auto'   per call, from the backend and the shapes: 'einsum' on CPU; 'splash' on TPU when the key
            sequence is long enough for the kernel to pay (>= SPLASH_MIN_TOKENS), else 'xla';
-           'cudnn' on GPU when the dtype and head size allow it, else 'xla'. The choice is logged.
+           'cudnn' on GPU when the call qualifies (`cudnn_unsupported`), else 'xla'. Each distinct
+           choice and reason is logged once.
 
 The fused kernels run under `shard_map` over the mesh axes that 'batch' and 'heads' map to (the
 config's sharding rules), so each device runs the kernel on its own examples and heads.
+
+cuDNN (what jax 0.10's `jax._src.cudnn.fused_attention_stablehlo` checks, and why):
+  * dtype: q, k, v bfloat16 or float16, all the same (fp8 exists but needs scaling factors we do
+    not keep). A float32 model (config.model.dtype = 'float32') gets 'xla'.
+  * head_dim: a multiple of 8 and at most 128 (256 on Hopper, compute capability >= 9.0; cuDNN's
+    support matrix: the Ampere/Ada backward stops at 128). The zoo uses 64 (Ti..L) and 80 (H).
+  * GPU: compute capability >= 8.0 (Ampere); cuDNN's SDPA graph has no engine below.
+  * sequence lengths, the bug of issue 17: jax replaces a missing bias by a placeholder array
+    (`jnp.zeros(0)`) before its flash-attention check, so the check always sees "has bias", and
+    for training with a bias it demands even Tq and Tk. The forward alone (no residuals) skips that
+    check, which is why inference at 197 tokens works and the train step fails with
+    "Unsupported sequence length Q 197, KV 197". The kernel itself takes any length (cuDNN's
+    "arbitrary sequence length" engine tiles 64/128 and masks the tail). So we pad Tq and Tk up to
+    CUDNN_SEQ_MULTIPLE (2) and mask the padded keys out; the padded queries (zeros, attending to the
+    real keys: no empty softmax row) are sliced off, so their output gradient is zero.
+  * masking: `key_value_seq_lengths` (cuDNN's padding mask, MaskType.PADDING) masks the padded
+    keys without a bias tensor; it also routes the call to cuDNN's padded engine, the workaround
+    NVIDIA gives for backward NaNs at awkward lengths (cudnn-frontend issues 160 and 1072). An
+    explicit boolean `mask` becomes a (1, 1, Tq, Tk) additive bias: more memory, and cuDNN's
+    backward with an explicit mask has returned NaN dQ at Tk % 128 == 64 on Hopper (pytorch issue
+    196678), so it is kept only as an option (`mask='bias'`) for scripts/gpu_attention_check.py.
+  * versions: jax 0.10 gates no mask type on the cuDNN version (its CUDA wheels bring cuDNN 9);
+    only compute capability 10.3 (cuDNN >= 9.11) and q/v head sizes that differ (>= 9.10, Hopper)
+    are gated, neither of which we use.
+  * layout: BTNH (ours) and BNTH are accepted; the sequence and head_dim axes must not be sharded
+    (we run it under shard_map over batch and heads). GQA (fewer k/v heads) is accepted; unused here.
 """
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 from flax import nnx
 
 from sparse_tubes.models import partitioning
@@ -33,6 +61,11 @@ BTHK = ('batch', 'tokens', 'heads', 'kv')  # logical names of q, k, v
 SPLASH_MIN_TOKENS = 1024
 SPLASH_BLOCKS = (512, 256, 128)   # TPU tiles are multiples of 128 lanes
 CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+CUDNN_MIN_CAPABILITY = (8, 0)     # Ampere
+CUDNN_MAX_HEAD_DIM = {False: 128, True: 256}   # {Hopper or newer: limit}
+# jax's check wants even lengths in training (module docstring); the kernel tiles the rest itself.
+CUDNN_SEQ_MULTIPLE = 2
+CUDNN_MASK = 'seqlens'            # 'seqlens' (cuDNN padding mask) or 'bias' (explicit mask)
 _logged = set()
 
 
@@ -55,27 +88,70 @@ def check_impl(impl: str) -> str:
   return impl
 
 
-def resolve_impl(impl: str, q=None, k=None) -> str:
-  """The implementation one call uses; with q and k given, 'auto' looks at their shapes."""
-  check_impl(impl)
-  if impl != 'auto':
-    return impl
-  backend = platform()
-  if backend == 'cpu':
-    return 'einsum'
-  if q is None:
-    return 'xla'
-  choice = 'xla'
-  if backend == 'tpu' and k.shape[1] >= SPLASH_MIN_TOKENS:
-    choice = 'splash'
-  elif backend == 'gpu' and q.dtype in CUDNN_DTYPES and q.shape[-1] <= 128 \
-      and q.shape[-1] % 8 == 0:
-    choice = 'cudnn'
-  key = (backend, q.shape, k.shape, q.dtype, choice)
+@functools.cache
+def gpu_capability() -> tuple | None:
+  """(major, minor) CUDA compute capability of the first local GPU; None when this process has no
+  GPU (a faked or ahead-of-time platform: the checks then assume a capable GPU); (0, 0) for a GPU
+  without a CUDA capability (e.g. ROCm)."""
+  try:
+    devices = jax.local_devices(backend='gpu')
+  except RuntimeError:
+    return None
+  try:
+    return tuple(int(x) for x in str(devices[0].compute_capability).split('.')[:2])
+  except (AttributeError, ValueError, IndexError):
+    return (0, 0)
+
+
+def cudnn_unsupported(q, k) -> str | None:
+  """Why cuDNN flash attention cannot serve q (B,Tq,N,d) with k (B,Tk,N,d), or None if it can.
+  Sequence lengths never disqualify: `cudnn_attention` pads them."""
+  capability = gpu_capability()
+  if capability is not None and capability < CUDNN_MIN_CAPABILITY:
+    return (f'GPU compute capability {capability} (cuDNN flash attention needs '
+            f'{CUDNN_MIN_CAPABILITY} or newer)')
+  if q.dtype not in CUDNN_DTYPES or k.dtype != q.dtype:
+    return (f'{q.dtype} inputs (cuDNN flash attention takes bfloat16/float16 only: set '
+            "config.model.dtype = 'bfloat16')")
+  max_d = CUDNN_MAX_HEAD_DIM[capability is not None and capability >= (9, 0)]
+  d = q.shape[-1]
+  if d > max_d or d % 8:
+    return (f'head_dim {d} (cuDNN flash attention needs a multiple of 8, at most {max_d} on this '
+            'GPU: change config.model.hidden_size / num_heads)')
+  return None
+
+
+def _log_once(level, key, msg: str, *args):
   if key not in _logged:
     _logged.add(key)
-    logging.info("attention_impl='auto' on %s: q %s, k %s (%s) -> '%s'", backend, q.shape,
-                 k.shape, q.dtype, choice)
+    logging.log(level, msg, *args)
+
+
+def resolve_impl(impl: str, q=None, k=None) -> str:
+  """The implementation one call uses; with q and k given, 'auto' and 'cudnn' look at their shapes
+  and dtype ('cudnn' falls back to 'xla' where cuDNN cannot serve, with a warning)."""
+  check_impl(impl)
+  if impl not in ('auto', 'cudnn'):
+    return impl
+  backend = platform()
+  if impl == 'auto' and backend == 'cpu':
+    return 'einsum'
+  if q is None:
+    return 'xla' if impl == 'auto' else impl
+  choice, reason = 'xla', None
+  if backend == 'tpu':
+    choice = 'splash' if k.shape[1] >= SPLASH_MIN_TOKENS else 'xla'
+  elif backend == 'gpu':
+    reason = cudnn_unsupported(q, k)
+    choice = 'xla' if reason else 'cudnn'
+  if reason:   # one warning per distinct cause, not per call or shape
+    _log_once(logging.WARNING, (impl, backend, reason),
+              "attention_impl=%r on %s: cuDNN flash attention cannot serve %s -> 'xla' "
+              '(first seen at q %s, k %s)', impl, backend, reason, q.shape, k.shape)
+  else:
+    _log_once(logging.INFO, (impl, backend, q.shape, k.shape, q.dtype, choice),
+              "attention_impl=%r on %s: q %s, k %s (%s) -> '%s'", impl, backend, q.shape,
+              k.shape, q.dtype, choice)
   return choice
 
 
@@ -108,6 +184,30 @@ def _splash(q, k, v, *, interpret: bool):
   return out[:, :, :tq].transpose(0, 2, 1, 3)
 
 
+def cudnn_attention(q, k, v, *, implementation: str = 'cudnn', multiple: int = CUDNN_SEQ_MULTIPLE,
+                    mask: str = CUDNN_MASK) -> jax.Array:
+  """cuDNN flash attention for any Tq and Tk: q (B,Tq,N,d), k and v (B,Tk,N,d) -> (B,Tq,N,d).
+
+  Pads Tq and Tk up to `multiple` (module docstring: jax's training check wants even lengths),
+  masks the padded keys (`mask`: 'seqlens', cuDNN's padding mask, or 'bias', an explicit boolean
+  mask) and slices the padded queries off. implementation='xla' makes the very same padded, masked
+  call through XLA: the CPU tests of this wrapper.
+  """
+  if mask not in ('seqlens', 'bias'):
+    raise ValueError(f"cudnn_attention mask = {mask!r}: use 'seqlens' or 'bias'.")
+  b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
+  pad = lambda a: jnp.pad(a, ((0, 0), (0, -a.shape[1] % multiple), (0, 0), (0, 0)))  # noqa: E731
+  q, k, v = pad(q), pad(k), pad(v)
+  masking = {}
+  if k.shape[1] != tk and mask == 'seqlens':
+    masking['key_value_seq_lengths'] = jnp.full((b,), tk, jnp.int32)
+  elif k.shape[1] != tk:   # jax's cuDNN path wants the mask at full (.., Tq, Tk) size
+    masking['mask'] = jnp.broadcast_to(jnp.arange(k.shape[1]) < tk, (1, 1) + (q.shape[1],
+                                                                               k.shape[1]))
+  out = jax.nn.dot_product_attention(q, k, v, implementation=implementation, **masking)
+  return out[:, :tq]
+
+
 def _sharded(fn, q, k, v):
   """fn under shard_map over the mesh axes of 'batch' and 'heads' (a plain call without a mesh)."""
   mesh, rules = partitioning._mesh_and_rules()  # pylint: disable=protected-access
@@ -118,19 +218,25 @@ def _sharded(fn, q, k, v):
       q, k, v)
 
 
+def einsum_attention(q, k, v) -> jax.Array:
+  """einsum -> softmax (float32) -> einsum."""
+  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+  logits = jnp.einsum('bqnd,bknd->bnqk', q, k, preferred_element_type=jnp.float32)
+  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+  return jnp.einsum('bnqk,bknd->bqnd', weights, v)
+
+
 def dot_product_attention(q, k, v, *, impl: str = 'auto') -> jax.Array:
   """softmax(q k^T / sqrt(d)) v for q (B,Tq,N,d), k and v (B,Tk,N,d) -> (B,Tq,N,d)."""
   impl = resolve_impl(impl, q, k)
   if impl == 'xla':
     return jax.nn.dot_product_attention(q, k, v, implementation=None)
   if impl == 'cudnn':
-    return jax.nn.dot_product_attention(q, k, v, implementation='cudnn')
-  q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    return _sharded(cudnn_attention, q, k, v)
   if impl == 'splash':
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
     return _sharded(functools.partial(_splash, interpret=platform() != 'tpu'), q, k, v)
-  logits = jnp.einsum('bqnd,bknd->bnqk', q, k, preferred_element_type=jnp.float32)
-  weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-  return jnp.einsum('bnqk,bknd->bqnd', weights, v)
+  return einsum_attention(q, k, v)
 
 
 class MultiHeadAttention(nnx.Module):
