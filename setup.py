@@ -4,6 +4,7 @@
   pip install '.[torch]'         + PyTorch / HuggingFace checkpoint import and export (convert)
   pip install '.[tpu]'           + jax for TPU (libtpu)       pip install '.[cuda]'  + jax for NVIDIA GPUs
   pip install '.[notebooks]'     + jupyter and matplotlib for notebooks/
+  pip install '.[beam]'          + Apache Beam: `prepare --beam_runner=...` (docs/prepare_on_beam.md)
   pip install '.[test]'          everything the test suite needs
 """
 import pathlib
@@ -29,17 +30,21 @@ BASE = [
     'av',
 ]
 TORCH = ['torch>=2.1', 'transformers>=4.40', 'safetensors']
+BEAM = ['apache-beam>=2.60']
 NOTEBOOK_RUN = ['matplotlib', 'nbclient', 'nbformat', 'ipykernel']   # what executes a notebook
 EXTRAS = {
     'torch': TORCH,
     'tpu': ['jax[tpu]'],
     'cuda': ['jax[cuda12]'],
     'notebooks': ['jupyter'] + NOTEBOOK_RUN,
+    # Dataflow also needs apache-beam[gcp] and gcsfs (docs/prepare_on_beam.md); not here, as they
+    # pull in some 70 Google Cloud packages a DirectRunner or Spark run does not use.
+    'beam': BEAM,
     # torch pinned to the CPU wheel the CI machine holds locally; newer releases work as well.
     # jax[tpu] (libtpu): `plan` compiles paper configs for TPU slices in the suite; pyyaml reads
-    # launch/gke.py's manifests.
+    # launch/gke.py's manifests. Beam: test_beam runs `prepare` on the DirectRunner.
     'test': ['pytest>=8', 'pytest-xdist', 'torch==2.13.0', 'jax[tpu]', 'pyyaml'] + TORCH
-            + NOTEBOOK_RUN,
+            + NOTEBOOK_RUN + BEAM,
 }
 
 setuptools.setup(

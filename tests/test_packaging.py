@@ -25,12 +25,13 @@ def test_base_install_has_no_torch_and_extras_fit_each_use():
   base, extras = names(m['install_requires']), m['extras_require']
   assert not base & {'torch', 'transformers', 'safetensors', 'matplotlib', 'jupyter', 'pytest'}
   assert {'jax', 'flax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets'} <= base
-  assert set(extras) == {'torch', 'tpu', 'cuda', 'notebooks', 'test'}
+  assert set(extras) == {'torch', 'tpu', 'cuda', 'notebooks', 'beam', 'test'}
   assert {'torch', 'transformers', 'safetensors'} <= names(extras['torch'])
   assert extras['tpu'] == ['jax[tpu]'] and extras['cuda'][0].startswith('jax[cuda')
   assert {'jupyter', 'matplotlib'} <= names(extras['notebooks'])
   # The suite runs the notebooks and the PyTorch equivalence tests.
-  assert names(extras['torch']) | {'matplotlib', 'nbclient', 'nbformat', 'ipykernel', 'pytest'} <= \
+  assert names(extras['torch']) | {'matplotlib', 'nbclient', 'nbformat', 'ipykernel', 'pytest',
+                                  'apache-beam'} <= \
       names(extras['test'])
   assert m['entry_points'] == {'console_scripts': ['sparse_tubes = sparse_tubes.main:run']}
 

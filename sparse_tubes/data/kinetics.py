@@ -30,7 +30,7 @@ def clip_name(youtube_id: str, time_start, time_end) -> str:
 
 
 def read_csv(path: str) -> list[dict]:
-  with open(path, newline='') as f:
+  with video_builder.open_text(path) as f:
     rows = list(csv.DictReader(f))
   required = {'youtube_id', 'time_start', 'time_end'}
   if rows and not required <= set(rows[0]):

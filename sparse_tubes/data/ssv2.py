@@ -41,7 +41,7 @@ class Ssv2(video_builder.VideoBuilder):
     path = video_builder.find_file(manual_dir, LABELS)
     if not path:
       raise ValueError(f'No {LABELS} under {manual_dir!r}. {INSTRUCTIONS}')
-    with open(path) as f:
+    with video_builder.open_text(path) as f:
       label_map = {name: int(i) for name, i in json.load(f).items()}
     names = sorted(label_map, key=label_map.get)
     if [label_map[n] for n in names] != list(range(len(names))):
@@ -53,7 +53,7 @@ class Ssv2(video_builder.VideoBuilder):
       if not path:
         print(f'{self.name}: no {name} under {manual_dir}; the {split!r} split is left out.')
         continue
-      with open(path) as f:
+      with video_builder.open_text(path) as f:
         entries = json.load(f)
       videos = []
       for i, e in enumerate(entries):

@@ -3,7 +3,8 @@ work shards that survive an interruption, and the report of unusable videos.
 
 The dataset builders (kinetics.py, ssv2.py) subclass `VideoBuilder` and say where their release
 keeps its videos and labels (`list_videos`); everything else is here. prepare.py's docstring
-describes the two phases and the files written.
+describes the two phases and the files written; with `beam` set, the builder hands TFDS one Beam
+transform per split instead (data/beam.py) and writes the same report from the pipeline's summaries.
 """
 import abc
 import concurrent.futures
@@ -17,6 +18,7 @@ import shutil
 import sys
 import time
 
+from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -61,6 +63,12 @@ def make_config(fps, short_side, **kw) -> VideoConfig:
 def index_files(root: str, extensions=VIDEO_EXTENSIONS) -> dict[str, str]:
   """File stem -> path for every video file anywhere under `root` (the first one found wins)."""
   found = {}
+  if _remote(root):
+    for path in sorted(_remote_files(root)):
+      stem, ext = os.path.splitext(os.path.basename(path))
+      if ext.lower() in extensions:
+        found.setdefault(stem, path)
+    return found
   stack = [root]
   while stack:
     with os.scandir(stack.pop()) as it:
@@ -76,6 +84,12 @@ def index_files(root: str, extensions=VIDEO_EXTENSIONS) -> dict[str, str]:
 
 def find_file(root: str, name: str, prefer=('annotations', 'labels')) -> str | None:
   """`name` under `root`: directly, in one of the `prefer` subfolders, or anywhere below."""
+  if _remote(root):
+    found = {p for p in _remote_files(root) if os.path.basename(p) == name}
+    for sub in ('',) + prefer:
+      if os.path.join(root, sub, name) in found:
+        return os.path.join(root, sub, name)
+    return min(found, default=None)
   for sub in ('',) + prefer:
     p = os.path.join(root, sub, name)
     if os.path.isfile(p):
@@ -84,6 +98,25 @@ def find_file(root: str, name: str, prefer=('annotations', 'labels')) -> str | N
     if name in files:
       return os.path.join(dirpath, name)
   return None
+
+
+def _remote(path) -> bool:
+  # gs://, s3://, hdfs://: a release or data_dir a Beam runner's workers read (data/beam.py).
+  return '://' in os.fspath(path)
+
+
+def _remote_files(root):
+  from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top
+  return beam.remote_files(root)
+
+
+def open_text(path: str):
+  """An annotation file for reading as text, local or (on Beam) gs://..."""
+  if not _remote(path):
+    return open(path, newline='', encoding='utf-8')
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  return io.TextIOWrapper(FileSystems.open(path), encoding='utf-8', newline='')
 
 
 # ------------------------------------------------------------------------- phase 1: work shards
@@ -201,15 +234,25 @@ def decode_splits(splits: dict, work_dir: str, cfg: dict, *, workers: int, video
   return paths
 
 
-def collect_report(work_dir: str, splits: dict, title: str) -> dict:
-  report = {'dataset': title, 'splits': {}, 'failures': []}
+def read_sidecars(work_dir: str, splits) -> dict:
+  """{split: [summary of each finished work shard]} from phase 1's JSON sidecars."""
+  out = {}
   for split in splits:
-    counts = {'videos': 0, 'written': 0, 'frames': 0, 'unusable': 0, 'reasons': {}}
+    out[split] = []
     for name in sorted(os.listdir(work_dir)):
-      if not (name.startswith(f'{split}-') and name.endswith('.json')):
-        continue
-      with open(os.path.join(work_dir, name)) as f:
-        s = json.load(f)
+      if name.startswith(f'{split}-') and name.endswith('.json'):
+        with open(os.path.join(work_dir, name)) as f:
+          out[split].append(json.load(f))
+  return out
+
+
+def make_report(title: str, summaries: dict) -> dict:
+  """The prepare report from {split: [summary]} (a summary: videos, written, frames, failures),
+  from local work shards or from a Beam pipeline alike."""
+  report = {'dataset': title, 'splits': {}, 'failures': []}
+  for split, split_summaries in summaries.items():
+    counts = {'videos': 0, 'written': 0, 'frames': 0, 'unusable': 0, 'reasons': {}}
+    for s in split_summaries:
       for k in ('videos', 'written', 'frames'):
         counts[k] += s[k]
       for failure in s['failures']:
@@ -234,6 +277,7 @@ class VideoBuilder(builtin.Builder):
   workers: int | None = None
   videos_per_shard: int = 16
   keep_work: bool = False
+  beam: bool = False   # decode on Apache Beam (data/beam.py); run() passes the runner to TFDS
 
   @abc.abstractmethod
   def list_videos(self, manual_dir: str) -> tuple[list[str], dict[str, list[Video]]]:
@@ -253,6 +297,10 @@ class VideoBuilder(builtin.Builder):
                                           supervised_keys=None)
 
   @property
+  def title(self) -> str:
+    return f'{self.name}/{self.builder_config.name}'
+
+  @property
   def config_dir(self) -> str:
     return os.path.join(os.fspath(self.data_dir_root), self.name, self.builder_config.name)
 
@@ -265,29 +313,65 @@ class VideoBuilder(builtin.Builder):
     return os.path.join(self.config_dir, REPORT_NAME)
 
   def _split_generators(self, dl_manager):
-    manual_dir = os.fspath(dl_manager.manual_dir)
+    manual_dir = self._manual_dir = os.fspath(dl_manager.manual_dir)
     names, splits = self.list_videos(manual_dir)
     self.info.features['label'].names = names
     c = self.builder_config
     cfg = dict(fps=c.fps, short_side=c.short_side, jpeg_quality=c.jpeg_quality,
                min_fraction=c.min_fraction)
-    title = f'{self.name}/{c.name}'
+    title = self.title
+    if self.beam:
+      return self._beam_split_generators(splits, cfg)
     try:
       paths = decode_splits(splits, self.work_dir, cfg, workers=self.workers or os.cpu_count() or 1,
                             videos_per_shard=self.videos_per_shard, title=title)
     finally:
-      self.report = collect_report(self.work_dir, splits, title)
-      with open(self.report_path, 'w') as f:
-        json.dump(self.report, f, indent=1)
+      self._write_report(read_sidecars(self.work_dir, splits))
+    self._check_report(manual_dir)
+    print(f'{title}: writing the ArrayRecord dataset...', flush=True)
+    return {split: self._generate_examples(p) for split, p in paths.items()}
+
+  def _write_report(self, summaries):
+    self.report = make_report(self.title, summaries)
+    with epath.Path(self.report_path).open('w') as f:
+      json.dump(self.report, f, indent=1)
+
+  def _check_report(self, manual_dir):
     for split, n in self.report['splits'].items():
       if not n['written']:  # TFDS would only say "No examples were yielded".
         reasons = ', '.join(f'{k} {v}' for k, v in sorted(n['reasons'].items())) or 'none listed'
         raise ValueError(
-            f"{title}: no video of split '{split}' could be read ({n['videos']} listed; unusable: "
-            f'{reasons}). Check that --manual_dir={manual_dir} holds the clips next to the '
-            f'annotation CSVs; {self.report_path} lists each failure.')
-    print(f'{title}: writing the ArrayRecord dataset...', flush=True)
-    return {split: self._generate_examples(p) for split, p in paths.items()}
+            f"{self.title}: no video of split '{split}' could be read ({n['videos']} "
+            f'listed; unusable: {reasons}). Check that --manual_dir={manual_dir} holds the clips '
+            f'next to the annotation files; {self.report_path} lists each failure.')
+
+  # ------------------------------------------------------------------------------- on Beam
+
+  def _beam_split_generators(self, splits, cfg):
+    """Each split as a Beam transform decoding one clip per element (data/beam.py); the report
+    is written once the pipeline has run (_process_pipeline_result)."""
+    from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top
+    work = epath.Path(self.work_dir)
+    if work.exists():  # A Beam run starts afresh: no sidecar of an earlier run may be counted.
+      work.rmtree()
+    work.mkdir(parents=True)
+    self._beam_splits = list(splits)
+    n = sum(map(len, splits.values()))
+    print(f'{self.title}: {n} videos in {len(splits)} split(s) to decode on Beam.',
+          flush=True)
+    return {split: beam.split_examples(videos, cfg, split, self.work_dir)
+            for split, videos in splits.items()}
+
+  def _process_pipeline_result(self, pipeline_result):
+    from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top
+    self._write_report(beam.read_summaries(self.work_dir, self._beam_splits))
+    self._check_report(self._manual_dir)
+
+  def _example_writer(self):
+    if self.beam:
+      from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top
+      return beam.RemoteArrayRecordWriter(file_format=self.info.file_format)
+    return super()._example_writer()
 
   def _generate_examples(self, data_paths):
     for path in data_paths:

@@ -153,6 +153,25 @@ class Video:
   path: str | None       # None when no file of that name is under manual_dir
 
 
+def decode_clip(v: Video, cfg: dict) -> tuple[dict | None, dict | None]:
+  """One listed video -> (example, None), or (None, failure) when it cannot be used. The one
+  per-clip step of `prepare`, on one machine (decode_shard) and on Beam (data/beam.py)."""
+  try:
+    if v.label is None:
+      raise VideoError('unknown_label', f'{v.label_name!r} is not in the class list')
+    if v.path is None:
+      raise VideoError('missing', f'no file named {v.video_id}.* under manual_dir')
+    d = decode_video(v.path, fps=cfg['fps'], short_side=cfg['short_side'],
+                     jpeg_quality=cfg['jpeg_quality'], min_fraction=cfg['min_fraction'])
+  except VideoError as e:
+    return None, {'video_id': v.video_id, 'path': v.path, 'reason': e.reason, 'detail': e.detail}
+  except Exception as e:  # Anything else a broken file can throw: skipped all the same.
+    return None, {'video_id': v.video_id, 'path': v.path, 'reason': 'undecodable',
+                  'detail': f'{type(e).__name__}: {e}'}
+  return {'id': v.index, 'video_id': v.video_id, 'label': v.label, 'video': d.frames,
+          'fps': d.fps, 'source_fps': d.source_fps, 'duration': d.duration}, None
+
+
 def decode_shard(task) -> dict:
   """Worker: decodes the videos of one work shard; returns its summary (also written as JSON)."""
   from array_record.python import array_record_module  # pylint: disable=g-import-not-at-top
@@ -161,26 +180,13 @@ def decode_shard(task) -> dict:
   failures, written, frames = [], 0, 0
   writer = array_record_module.ArrayRecordWriter(data_path + '.tmp', 'group_size:1')
   for v in videos:
-    try:
-      if v.label is None:
-        raise VideoError('unknown_label', f'{v.label_name!r} is not in the class list')
-      if v.path is None:
-        raise VideoError('missing', f'no file named {v.video_id}.* under manual_dir')
-      d = decode_video(v.path, fps=cfg['fps'], short_side=cfg['short_side'],
-                                jpeg_quality=cfg['jpeg_quality'], min_fraction=cfg['min_fraction'])
-    except VideoError as e:
-      failures.append({'video_id': v.video_id, 'path': v.path, 'reason': e.reason,
-                       'detail': e.detail})
+    example, failure = decode_clip(v, cfg)
+    if failure:
+      failures.append(failure)
       continue
-    except Exception as e:  # Anything else a broken file can throw: skipped all the same.
-      failures.append({'video_id': v.video_id, 'path': v.path, 'reason': 'undecodable',
-                       'detail': f'{type(e).__name__}: {e}'})
-      continue
-    writer.write(pickle.dumps({
-        'id': v.index, 'video_id': v.video_id, 'label': v.label, 'video': d.frames,
-        'fps': d.fps, 'source_fps': d.source_fps, 'duration': d.duration}, protocol=5))
+    writer.write(pickle.dumps(example, protocol=5))
     written += 1
-    frames += len(d.frames)
+    frames += len(example['video'])
   writer.close()
   os.replace(data_path + '.tmp', data_path)
   summary = {'videos': len(videos), 'written': written, 'frames': frames, 'failures': failures,

@@ -1,0 +1,211 @@
+"""`prepare` on Apache Beam: the same builder, its clips decoded by Beam workers.
+
+`prepare DATASET --beam_runner=DirectRunner|DataflowRunner|SparkRunner|FlinkRunner
+--beam_options="--project=... --region=..."` runs `VideoBuilder` through TFDS's Beam path: each
+split's `_generate_examples` is a `beam.PTransform` (`split_examples`) instead of the two local phases
+of video_builder.py, and TFDS's `BeamWriter` shuffles by the same hashed keys and writes the
+ArrayRecord shards. Per clip it runs `video_io.decode_clip`, the function the one-machine path runs,
+so the examples are the same ones, in the same order (shard boundaries can differ: TFDS sizes Beam
+shards from estimates).
+
+Failures leave the workers through a tagged output: a `CombineFn` folds each split's per-clip
+records into one summary (videos, written, frames, failures) that a single step writes into the work
+directory; after the pipeline the builder assembles `prepare_report.json` from those summaries with
+the same `make_report` as the local path. Beam counters (`prepare/<split>/written`,
+`prepare/<split>/<reason>`) show the same counts live in the Dataflow or Spark UI.
+
+A Beam run does not resume from an earlier one: the runner retries failed work itself (Dataflow up
+to 4 times per bundle), and a failed job starts again from the beginning.
+
+The release and the output can be on GCS (gs://...; S3 and HDFS alike through Beam's file systems)
+as Dataflow workers need: the listing and annotation files go through `FileSystems`, each clip is
+copied to a local temporary file before decoding, and ArrayRecord shards (whose writer only knows
+local files) are written locally and then copied (`RemoteArrayRecordWriter`). Without TensorFlow, TFDS reaches
+gs:// through etils.epath, which needs `gcsfs`.
+"""
+import contextlib
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+import tempfile
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+from tensorflow_datasets.core import writer as writer_lib
+
+from sparse_tubes.data import video_io
+
+FAILURES = 'failures'
+RUNNERS = ('DirectRunner', 'DataflowRunner', 'SparkRunner', 'FlinkRunner', 'PortableRunner',
+           'PrismRunner')
+
+
+def pipeline_options(beam_runner: str, beam_options: str, workers: int | None) -> PipelineOptions:
+  """`--beam_options` (one string of Beam flags) as PipelineOptions; on the DirectRunner,
+  `--workers` processes unless the options say otherwise."""
+  if beam_runner not in RUNNERS:
+    raise ValueError(f'--beam_runner={beam_runner!r} is not one of {RUNNERS}.')
+  try:
+    args = shlex.split(beam_options or '')
+  except ValueError as e:
+    raise ValueError(f'--beam_options={beam_options!r} cannot be split into flags: {e}') from None
+  bad = [a for a in args if not a.startswith('--')]
+  if bad:
+    raise ValueError(f'--beam_options: {bad} are not Beam flags; write them as '
+                     f'--beam_options="--project=P --region=R ...".')
+  if beam_runner == 'DirectRunner' and not any(a.startswith('--direct_') for a in args):
+    n = workers or os.cpu_count() or 1
+    if n > 1:  # The DirectRunner's default is one thread in this process.
+      args += [f'--direct_num_workers={n}', '--direct_running_mode=multi_processing']
+  return PipelineOptions(args)
+
+
+# ------------------------------------------------------------------------------ remote files
+
+def is_remote(path) -> bool:
+  return '://' in os.fspath(path)
+
+
+@contextlib.contextmanager
+def local_copy(path: str):
+  """`path` as a local file: itself, or (gs://, s3://, ...) a temporary copy removed afterwards."""
+  if not is_remote(path):
+    yield path
+    return
+  fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+  try:
+    with os.fdopen(fd, 'wb') as out, FileSystems.open(path) as src:
+      shutil.copyfileobj(src, out, 1 << 20)
+    yield tmp
+  finally:
+    os.remove(tmp)
+
+
+def remote_files(root: str) -> list[str]:
+  """Every file below a gs://, s3://... folder (what `os.walk` gives for a local one)."""
+  return [m.path for m in FileSystems.match([root.rstrip('/') + '/**'])[0].metadata_list]
+
+
+class RemoteArrayRecordWriter(writer_lib.ExampleWriter):
+  """TFDS's example writer, but a shard for gs://... is written to a local file and then copied:
+  array_record's writer opens only local paths."""
+
+  def write(self, path, examples):
+    if not is_remote(path):
+      return super().write(path, examples)
+    fd, tmp = tempfile.mkstemp(suffix='.array_record')
+    os.close(fd)
+    try:
+      keys = super().write(tmp, examples)
+      with open(tmp, 'rb') as src, FileSystems.create(os.fspath(path)) as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+      return keys
+    finally:
+      os.remove(tmp)
+
+
+# ---------------------------------------------------------------------------- the transforms
+
+class DecodeClip(beam.DoFn):
+  """A listed video -> (key, example) on the main output, or its failure on FAILURES; every clip
+  also leaves one (index, frames, failure) record there for the split's summary."""
+
+  def __init__(self, cfg: dict, split: str):
+    self.cfg, self.split = cfg, split
+
+  def setup(self):
+    self.counters = {}
+
+  def count(self, name):
+    if name not in self.counters:
+      self.counters[name] = beam.metrics.Metrics.counter('prepare', f'{self.split}/{name}')
+    self.counters[name].inc()
+
+  def process(self, v: video_io.Video):
+    if v.path and is_remote(v.path):
+      with local_copy(v.path) as path:
+        example, failure = video_io.decode_clip(dataclasses.replace(v, path=path), self.cfg)
+      if failure:
+        failure = {**failure, 'path': v.path,
+                   'detail': failure['detail'].replace(path, v.path)}
+    else:
+      example, failure = video_io.decode_clip(v, self.cfg)
+    if failure:
+      self.count(failure['reason'])
+      yield beam.pvalue.TaggedOutput(FAILURES, (v.index, 0, failure))
+      return
+    self.count('written')
+    yield beam.pvalue.TaggedOutput(FAILURES, (v.index, len(example['video']), None))
+    yield example['id'], example
+
+
+class Summarize(beam.CombineFn):
+  """(index, frames, failure) per clip -> one split summary, the shape of a local work shard's
+  sidecar: {'videos', 'written', 'frames', 'failures' (in listing order)}."""
+
+  def create_accumulator(self):
+    return {'videos': 0, 'written': 0, 'frames': 0, 'failures': []}
+
+  def add_input(self, acc, record):
+    index, frames, failure = record
+    acc['videos'] += 1
+    if failure:
+      acc['failures'].append((index, failure))
+    else:
+      acc['written'] += 1
+      acc['frames'] += frames
+    return acc
+
+  def merge_accumulators(self, accs):
+    out = self.create_accumulator()
+    for a in accs:
+      for k in ('videos', 'written', 'frames'):
+        out[k] += a[k]
+      out['failures'] += a['failures']
+    return out
+
+  def extract_output(self, acc):
+    return {**acc, 'failures': [f for _, f in sorted(acc['failures'], key=lambda x: x[0])]}
+
+
+def write_json(summary: dict, path: str):
+  with FileSystems.create(path) as f:
+    f.write(json.dumps(summary).encode())
+
+
+def summary_path(work_dir: str, split: str) -> str:
+  # The name the local path's sidecars share (`{split}-...json`), so one reader finds both.
+  return os.path.join(work_dir, f'{split}-beam.json')
+
+
+def split_examples(videos: list, cfg: dict, split: str, work_dir: str) -> beam.PTransform:
+  """The `_generate_examples` of one split on Beam: (key, example) pairs, keys as on one machine;
+  the split's summary goes to `summary_path(work_dir, split)`."""
+
+  @beam.ptransform_fn
+  def expand(root):
+    decoded = (root
+               | 'List' >> beam.Create(videos)
+               # One clip per element, spread over the workers (Create hands a runner few large
+               # bundles, and a clip costs seconds).
+               | 'Spread' >> beam.Reshuffle()
+               | 'Decode' >> beam.ParDo(DecodeClip(cfg, split)).with_outputs(FAILURES,
+                                                                             main='examples'))
+    _ = (decoded[FAILURES]
+         | 'Summarize' >> beam.CombineGlobally(Summarize())
+         | 'WriteSummary' >> beam.Map(write_json, path=summary_path(work_dir, split)))
+    return decoded.examples
+
+  return expand()  # pylint: disable=no-value-for-parameter
+
+
+def read_summaries(work_dir: str, splits) -> dict:
+  """{split: [summary]} as the pipeline wrote them."""
+  out = {}
+  for split in splits:
+    with FileSystems.open(summary_path(work_dir, split)) as f:
+      out[split] = [json.loads(f.read())]
+  return out

@@ -1,0 +1,108 @@
+"""`prepare` on Apache Beam (data/beam.py): the DirectRunner on the mini-Kinetics of
+test_prepare_datasets gives the examples and the report of the one-machine path."""
+import glob
+import json
+import os
+import random
+import sys
+
+import pytest
+from array_record.python import array_record_module
+from tensorflow_datasets.core import example_parser
+
+from sparse_tubes.data import beam, builtin, prepare, video_builder
+from tests.data.test_prepare_datasets import make_mini_kinetics
+
+NAME = 'kinetics400/10fps_32px'
+
+
+@pytest.fixture(scope='module')
+def both(tmp_path_factory):
+  """The mini-Kinetics (a corrupt, a truncated and a missing clip, a label not in the class list)
+  prepared on one machine and on Beam's DirectRunner: (local data_dir, report, beam data_dir, report)."""
+  release = make_mini_kinetics(str(tmp_path_factory.mktemp('release')))
+  local, on_beam = str(tmp_path_factory.mktemp('local')), str(tmp_path_factory.mktemp('beam'))
+  a = prepare.run(NAME, manual_dir=release, data_dir=local, workers=1, videos_per_shard=3)
+  b = prepare.run(NAME, manual_dir=release, data_dir=on_beam, workers=1,
+                  beam_runner='DirectRunner')
+  return local, a, on_beam, b
+
+
+def _records(data_dir, split):
+  """The split's examples in stored order, parsed but not decoded: JPEG bytes as written.
+
+  Whole files are not compared: the same examples serialize to different bytes from one process to
+  the next (tf.Example's feature map has no fixed order), on one machine too."""
+  builder = builtin.ensure_built(NAME, data_dir)
+  parser = example_parser.ExampleParserNp(builder.info.features.get_serialized_info())
+  out = []
+  for name in builder.info.splits[split].filenames:
+    reader = array_record_module.ArrayRecordReader(os.path.join(builder.data_dir, name))
+    for record in reader.read_all():
+      ex = parser.parse_example(record)
+      out.append({**ex, 'video': list(ex['video'])})
+    reader.close()
+  return out
+
+
+def test_direct_runner_writes_the_examples_and_report_of_one_machine(both):
+  local, report, on_beam, beam_report = both
+  assert beam_report == report
+  assert report['splits']['train']['reasons'] == {'undecodable': 1, 'truncated': 1}
+  assert report['splits']['validation']['reasons'] == {'missing': 1, 'unknown_label': 1}
+  # The report file, as the one-machine path writes it; the work directory is gone.
+  config_dir = os.path.join(on_beam, 'kinetics400', '10fps_32px')
+  with open(os.path.join(config_dir, video_builder.REPORT_NAME)) as f:
+    assert json.load(f) == report
+  assert not os.path.exists(os.path.join(config_dir, '_work'))
+
+  a, b = builtin.ensure_built(NAME, local).info, builtin.ensure_built(NAME, on_beam).info
+  assert b.file_format.value == 'array_record'
+  assert {s: (v.num_examples, v.shard_lengths) for s, v in b.splits.items()} == {
+      s: (v.num_examples, v.shard_lengths) for s, v in a.splits.items()}
+  assert b.features['label'].names == a.features['label'].names
+  for split in ('train', 'validation', 'test'):
+    x, y = _records(local, split), _records(on_beam, split)
+    assert len(x) == len(y) == a.splits[split].num_examples
+    assert [e['id'] for e in y] == [e['id'] for e in x]  # The same hashed-key order.
+    for ex, ey in zip(x, y):
+      assert ex.keys() == ey.keys()
+      for k in ex:
+        assert ex[k] == ey[k], (split, ex['video_id'], k)
+  assert 'tensorflow' not in sys.modules
+
+
+def test_summaries_merge_across_workers():
+  """The per-clip records of a split folded in bundles on several workers and merged in any order
+  give the counts, and the failures in listing order."""
+  fail = lambda i, r: {'video_id': f'v{i}', 'path': None, 'reason': r, 'detail': ''}
+  records = [(i, 10 + i, None) for i in range(20)] + [
+      (20, 0, fail(20, 'missing')), (3, 0, fail(3, 'undecodable')), (11, 0, fail(11, 'missing'))]
+  random.Random(0).shuffle(records)
+  fn = beam.Summarize()
+  accs = []
+  for part in (records[:7], records[7:8], records[8:]):
+    acc = fn.create_accumulator()
+    for r in part:
+      acc = fn.add_input(acc, r)
+    accs.append(acc)
+  merged = fn.extract_output(fn.merge_accumulators([accs[2], fn.merge_accumulators(accs[:2])]))
+  assert (merged['videos'], merged['written'], merged['frames']) == (23, 20, sum(range(10, 30)))
+  assert [f['video_id'] for f in merged['failures']] == ['v3', 'v11', 'v20']
+  report = video_builder.make_report('x', {'train': [merged]})
+  assert report['splits']['train']['reasons'] == {'missing': 2, 'undecodable': 1}
+
+
+def test_bad_beam_flags_fail_before_any_work(tmp_path):
+  kw = dict(manual_dir=str(tmp_path), data_dir=str(tmp_path), workers=1)
+  with pytest.raises(ValueError, match='not one of'):
+    prepare.run('kinetics700', beam_runner='Dataflow', **kw)
+  with pytest.raises(ValueError, match='needs --beam_runner'):
+    prepare.run('kinetics700', beam_options='--project=p', **kw)
+  with pytest.raises(ValueError, match='not Beam flags'):
+    prepare.run('kinetics700', beam_runner='DirectRunner', beam_options='project=p', **kw)
+  opts = beam.pipeline_options('DirectRunner', '', 3).get_all_options()
+  assert (opts['direct_num_workers'], opts['direct_running_mode']) == (3, 'multi_processing')
+  opts = beam.pipeline_options('DataflowRunner', '--project=p --region=europe-west4', 3)
+  assert opts.get_all_options()['region'] == 'europe-west4'
+  assert not glob.glob(str(tmp_path / '*'))
