@@ -2,6 +2,12 @@
 
   python launch/local.py --processes=2 --devices_per_process=2 -- \
       train --config=configs/synthetic/tubevit_tiny.py --workdir=/tmp/pod
+  python launch/local.py --processes=2 --devices_per_process=2 --slices=2 -- train ...
+
+--slices=S emulates S TPU slices joined over the data-centre network: CPU devices have no
+`slice_index`, so each process is one slice (sharding.make_mesh builds JAX's hybrid mesh by process),
+and the command gets --config.mesh.slices=S: the data axis spans the processes, FSDP and tensor
+groups stay inside one. Preemption and resume then run across slices as on a multislice job.
 
 Everything after `--` is a `python -m sparse_tubes` command line, given to every process. Each
 process gets the coordinator address, the process count and its index in the environment
@@ -90,12 +96,21 @@ def main(argv=None) -> int:
   parser.add_argument('--processes', type=int, default=2, help='JAX processes (hosts) to start.')
   parser.add_argument('--devices_per_process', type=int, default=1,
                       help='Fake CPU devices per process (chips per host).')
+  parser.add_argument('--slices', type=int, default=1,
+                      help='Emulated slices: 1, or --processes (each process is one slice).')
   parser.add_argument('--port', type=int, default=None,
                       help='Coordinator port on localhost (default: a free one).')
   args = parser.parse_args(argv[:split])
   command = argv[split + 1:]
   if args.processes < 1 or args.devices_per_process < 1 or not command:
     parser.error('--processes and --devices_per_process must be >= 1, and a command must follow --.')
+  if args.slices not in (1, args.processes):
+    parser.error(f'--slices={args.slices}: on CPU each process is one slice, so use --slices=1 or '
+                 f'--slices={args.processes} (= --processes).')
+  if args.slices > 1:
+    if any(a.startswith('--config.mesh.slices=') for a in command):
+      parser.error('--slices sets --config.mesh.slices; drop it from the command.')
+    command = [*command, f'--config.mesh.slices={args.slices}']
   return launch(command, processes=args.processes, devices_per_process=args.devices_per_process,
                 port=args.port)
 

@@ -66,18 +66,19 @@ def slice_shapes(mesh_cfg, num_devices: int) -> tuple[tuple[int, ...], tuple[int
 
 
 def slice_of(device) -> int:
-  """The slice a device is in: its `slice_index` on TPU; on platforms without one (CPU, GPU) each
-  process is a slice, as `create_hybrid_device_mesh(process_is_granule=True)` takes it."""
-  return getattr(device, 'slice_index', device.process_index)
+  """The slice a device is in: its `slice_index` on TPU. Elsewhere (CPU, GPU; their devices carry
+  slice_index 0 or none) each process stands for a slice, as create_hybrid_device_mesh takes it with
+  process_is_granule=True: how launch/local.py emulates slices."""
+  return device.slice_index if device.platform == 'tpu' else device.process_index
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   devices = list(devices if devices is not None else jax.devices())
   shape = mesh_shape(mesh_cfg, len(devices))
   slices = num_slices(mesh_cfg)
-  on_slices = hasattr(devices[0], 'slice_index')
+  on_tpu = devices[0].platform == 'tpu'
   found = len({slice_of(d) for d in devices})
-  if slices == 1 and on_slices and found > 1:
+  if slices == 1 and on_tpu and found > 1:
     raise ValueError(f'The {len(devices)} devices are on {found} TPU slices (slice_index) but '
                      f'config.mesh.slices=1: set config.mesh.slices={found} so that only the data '
                      'axis crosses the data-centre network.')
@@ -86,11 +87,11 @@ def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:
   if slices == 1:
     return jax.make_mesh(shape, MESH_AXES, axis_types=axis_types, devices=devices)
   if found != slices:
-    unit = 'TPU slices (slice_index)' if on_slices else 'processes (one slice each on this platform)'
+    unit = 'TPU slices (slice_index)' if on_tpu else 'processes (on CPU and GPU one slice each)'
     raise ValueError(f'config.mesh.slices={slices} but the {len(devices)} devices are on {found} '
                      f'{unit}. Set config.mesh.slices={found}.')
   ici, dcn = slice_shapes(mesh_cfg, len(devices))
-  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not on_slices,
+  grid = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, process_is_granule=not on_tpu,
                                               allow_split_physical_axes=True)
   return Mesh(grid, MESH_AXES, axis_types=axis_types)
 

@@ -7,6 +7,7 @@ from jax.sharding import PartitionSpec as P
 
 from conftest import TINY_CONFIG
 from sparse_tubes import config as config_lib
+from sparse_tubes import validation
 from sparse_tubes import defaults
 from sparse_tubes.train import sharding
 
@@ -48,26 +49,29 @@ def test_global_batch_single_device():
 
 # Multislice. Stand-ins for devices: what the mesh helpers read of a jax.Device.
 @dataclasses.dataclass(frozen=True)
-class FakeDevice:
+class FakeTpu:
   id: int
   process_index: int
   slice_index: int
+  coords: tuple[int, int, int]
+  core_on_chip: int = 0
+  platform: str = 'tpu'
+  device_kind: str = 'TPU v5 lite'
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeCpu:   # slice_index 0 for all, as multi-process CPU devices have: each process is a slice
+  id: int
+  process_index: int
+  slice_index: int = 0
   platform: str = 'cpu'
   device_kind: str = 'cpu'
 
 
-@dataclasses.dataclass(frozen=True)
-class FakeGpu:   # no slice_index: each process is a slice
-  id: int
-  process_index: int
-  platform: str = 'gpu'
-  device_kind: str = 'gpu'
-
-
-def fake_slices(slices: int, per_slice: int, hosts_per_slice: int = 2):
-  # Listed out of order (slice 1 first): the mesh must not depend on the order jax lists devices.
-  devices = [FakeDevice(i, i // (per_slice // hosts_per_slice), i // per_slice)
-             for i in range(slices * per_slice)]
+def fake_slices(slices: int, per_slice: int = 4, hosts_per_slice: int = 2):
+  """`slices` v5e 2x2 slices. Listed slice 1 first: the mesh must not depend on jax's order."""
+  devices = [FakeTpu(i, i // (per_slice // hosts_per_slice), i // per_slice,
+                     (i % 2, i // 2 % 2, 0)) for i in range(slices * per_slice)]
   return devices[per_slice:] + devices[:per_slice]
 
 
@@ -87,7 +91,7 @@ def test_slices_split_the_data_axis_only():
 
 
 def test_processes_are_slices_without_slice_index():
-  devices = [FakeGpu(i, i // 2) for i in range(4)]
+  devices = [FakeCpu(i, i // 2) for i in range(4)]
   mesh = sharding.make_mesh(mesh_cfg(slices=2), devices)
   assert [d.process_index for d in mesh.devices.flat] == [0, 0, 1, 1]
   with pytest.raises(ValueError, match=r'slices=4 but the 4 devices are on 2 processes'):
@@ -115,6 +119,6 @@ def test_config_validation_names_the_slices():
   c = config_lib.load(TINY_CONFIG)
   c.mesh.update(data=1, fsdp=-1, slices=2)
   with pytest.raises(ValueError, match='config.mesh.slices=2: only the data axis spans slices'):
-    config_lib.validate(c, num_devices=8, process_count=2)
+    validation.validate(c, num_devices=8, process_count=2)
   c.mesh.update(data=2)
-  config_lib.validate(c, num_devices=8, process_count=2)
+  validation.validate(c, num_devices=8, process_count=2)
