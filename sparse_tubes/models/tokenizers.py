@@ -1,18 +1,25 @@
 """Tokenizers: sparse video tubes (TubeViT §3.2). 2D patches (TimeSformer), tubelets (ViViT) and
-TubeViT's sparse tubes are all the same thing here: a list of tubes, each a 3D convolution given by
-(kernel (t,h,w), stride (t,h,w), offset (t,h,w)), VALID padding, applied from its offset.
+TubeViT's sparse tubes are all the same thing here: a list of tubes, each given by
+(kernel (t,h,w), stride (t,h,w), offset (t,h,w)) and computing what a 3D convolution with VALID
+padding applied from its offset computes.
 
   patches  (TimeSformer): [((1,16,16), (1,16,16), (0,0,0))]
   tubelets (ViViT):       [((2,16,16), (2,16,16), (0,0,0))]
   sparse tubes (TubeViT): the four tubes of Table 12 (zoo.TUBEVIT_TUBES).
 
-`config.model.image_tube` is the index of the 2D-patch tube images go through, or None for a model
-without an image path (images are then rejected with a clear error).
+How a tube is computed: its windows are cut out of the input with reshapes and slices (`windows`),
+then multiplied with the kernel in ONE matmul (`embed_tube`). Where stride == kernel this is a
+pure reshape + transpose (patches, tubelets). It is not a convolution on purpose: the backward pass
+of a strided 3D convolution with a large window is itself a convolution (17x193x193 for the paper's
+tubes at 224 px) that XLA must autotune on GPU, and that autotuning crashed on an H200
+(CUDA_ERROR_ILLEGAL_ADDRESS); a matmul's backward is two matmuls, the slices' backward is pads and
+adds. `lax.conv_general_dilated_patches` is no way out: it lowers to a convolution itself.
 
 Tube variants (`config.model.tube_variant`, TubeViT §3.4 / Table 12):
-  'conv'            one 3D convolution per tube (params tokenizer/convs/<i>/{kernel,bias}).
+  'conv'            one kernel (kt, kh, kw, C, D) and bias per tube, i.e. one 3D convolution per
+                    tube (params tokenizer/convs/<i>/{kernel,bias}, named after what they compute).
   'space_to_depth'  every tube's input is folded by `config.model.space_to_depth` = (f_t, f_h, f_w)
-                    (default (1, 2, 2)) from space/time into channels before a smaller convolution:
+                    (default (1, 2, 2)) from space/time into channels before a smaller tube:
                     kernel k/f, stride s/f, in_channels C*f_t*f_h*f_w, channel order (dt, dh, dw, c).
                     It computes exactly what the unfolded convolution computes (a reshape of its
                     kernel), while the tube kernels keep the channel layout of a model whose input
@@ -24,7 +31,7 @@ Tube variants (`config.model.tube_variant`, TubeViT §3.4 / Table 12):
                     shape and scaled by prod(base) / prod(kernel) so a constant input gives the
                     same response whatever the tube shape.
 
-Token count of a tube along one axis of length L (VALID convolution from offset o):
+Token count of a tube along one axis of length L (VALID from offset o):
     n = floor((L - o - k) / s) + 1      (0 when L - o < k)
 
 TubeViT Table 12 on 32x224x224 gives 98 + 147 + 98 + 196 = 539 tokens; the paper quotes 559.
@@ -193,8 +200,72 @@ def space_to_depth(x: jax.Array, fold: Sequence[int]) -> jax.Array:
   return x.reshape(b, t // ft, h // fh, w // fw, ft * fh * fw * c)
 
 
+def windows(x: jax.Array, axis: int, kernel: int, stride: int) -> jax.Array:
+  """Axis `axis` of length L becomes two, (n, kernel): out[..., i, j, ...] = x[..., i*stride + j, ...]
+  for the n = (L - kernel) // stride + 1 VALID windows.
+
+  Reshapes and static slices only, so the backward pass is pads and adds (no gather, no scatter,
+  no convolution). The axis is cut into blocks of `stride`; window i is blocks i .. i+q-1 laid end
+  to end (q = ceil(kernel / stride)), truncated to `kernel`. stride == kernel is a plain reshape,
+  stride > kernel (gapped tubes) a reshape and a slice, stride < kernel (overlapping, tube 2 in
+  time) q shifted slices of the blocks, concatenated.
+  """
+  length = x.shape[axis]
+  n = (length - kernel) // stride + 1
+  if n < 1:
+    raise ValueError(f'a window of {kernel} does not fit an axis of {length}')
+  q = -(-kernel // stride)
+  need = (n + q - 1) * stride
+  if need > length:  # the zeros land past the end of the last window: never read
+    pad = [(0, 0)] * x.ndim
+    pad[axis] = (0, need - length)
+    x = jnp.pad(x, pad)
+  else:
+    x = jax.lax.slice_in_dim(x, 0, need, axis=axis)
+  blocks = x.reshape(x.shape[:axis] + (n + q - 1, stride) + x.shape[axis + 1:])
+  if q > 1:
+    blocks = jnp.concatenate(
+        [jax.lax.slice_in_dim(blocks, j, j + n, axis=axis) for j in range(q)], axis=axis + 1)
+  return jax.lax.slice_in_dim(blocks, 0, kernel, axis=axis + 1)
+
+
+def embed_tube(x: jax.Array, kernel: jax.Array, bias: jax.Array, stride: Sequence[int]
+               ) -> jax.Array:
+  """What a VALID 3D convolution of x (B, T, H, W, C) with kernel (kt, kh, kw, C, D) and `stride`,
+  plus bias (D,), computes: (B, n_t, n_h, n_w, D). Windows cut out by slicing, then one matmul.
+  """
+  k = kernel.shape[:3]
+  # The axes whose windows shrink the data most go first (gapped before overlapping), so the
+  # overlapping time windows of tube 2 copy frames already cut down to 4x4 pixels.
+  done = []
+  for a in sorted(range(3), key=lambda a: k[a] / stride[a]):
+    # Axis a sits after the batch and after one extra axis per earlier axis already split.
+    x = windows(x, 1 + a + sum(d < a for d in done), k[a], stride[a])
+    done.append(a)
+  # x: (B, n_t, k_t, n_h, k_h, n_w, k_w, C)
+  y = jnp.einsum('btihjwkc,ijkcd->bthwd', x, kernel)
+  return y + bias
+
+
+class TubeKernel(nnx.Module):
+  """One tube's kernel (kt, kh, kw, C, D) and bias (D,): the parameters of the 3D convolution it
+  computes (`embed_tube`), in nnx.Conv's layout and order of initialisation, so checkpoints and
+  imports (pretrained/) see tokenizer/convs/<i>/{kernel,bias} as before."""
+
+  def __init__(self, in_channels: int, hidden_size: int, kernel_size: Triple, strides: Triple, *,
+               kernel_init, bias_init, dtype, rngs: nnx.Rngs):
+    self.kernel_size, self.strides, self.dtype = tuple(kernel_size), tuple(strides), dtype
+    self.kernel = nnx.Param(kernel_init(
+        rngs.params(), (*self.kernel_size, in_channels, hidden_size), jnp.float32))
+    self.bias = nnx.Param(bias_init(rngs.params(), (hidden_size,), jnp.float32))
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return embed_tube(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                      self.bias[...].astype(self.dtype), self.strides)
+
+
 class SparseTubes(nnx.Module):
-  """One 3D convolution per tube (each its own kernel, TubeViT §3.2), tokens concatenated.
+  """One kernel per tube (each its own, TubeViT §3.2), tokens concatenated.
 
   Videos (B,T,H,W,C) go through every tube; images (B,H,W,C) through the image tube only, as
   one-frame videos, so an image token and the same patch of frame 0 get the same position.
@@ -222,10 +293,9 @@ class SparseTubes(nnx.Module):
       return
     cin = self.in_channels * int(np.prod(self.fold))
     self.convs = nnx.List([
-        nnx.Conv(cin, hidden_size, kernel_size=tuple(a // f for a, f in zip(k, self.fold)),
-                 strides=tuple(a // f for a, f in zip(s, self.fold)), padding='VALID',
-                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                 bias_init=bias_init, rngs=rngs)
+        TubeKernel(cin, hidden_size, tuple(a // f for a, f in zip(k, self.fold)),
+                   tuple(a // f for a, f in zip(s, self.fold)), kernel_init=kernel_init,
+                   bias_init=bias_init, dtype=dtype, rngs=rngs)
         for k, s, _ in self.tubes])
 
   def tube_kernel(self, i: int) -> jax.Array:
@@ -237,12 +307,10 @@ class SparseTubes(nnx.Module):
 
   def _embed(self, i: int, x: jax.Array) -> jax.Array:
     k, s, o = self.tubes[i]
-    x = x[:, o[0]:, o[1]:, o[2]:]                        # VALID conv from the tube's offset
+    x = x[:, o[0]:, o[1]:, o[2]:]                        # VALID from the tube's offset (§3.2)
     if self.variant == 'interpolated':
-      y = jax.lax.conv_general_dilated(
-          x.astype(self.dtype), self.tube_kernel(i).astype(self.dtype), s, 'VALID',
-          dimension_numbers=('NTHWC', 'THWIO', 'NTHWC'))
-      return y + self.bias[...].astype(self.dtype)
+      return embed_tube(x.astype(self.dtype), self.tube_kernel(i).astype(self.dtype),
+                        self.bias[...].astype(self.dtype), s)
     if self.variant == 'space_to_depth':
       x = space_to_depth(x, self.fold)
     return self.convs[i](x)
