@@ -32,6 +32,7 @@ import shutil
 import tempfile
 
 import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from tensorflow_datasets.core import writer as writer_lib
@@ -39,6 +40,7 @@ from tensorflow_datasets.core import writer as writer_lib
 from sparse_tubes.data import video_io
 
 FAILURES = 'failures'
+RAW = CompressionTypes.UNCOMPRESSED  # Beam would otherwise guess a compression from the name.
 RUNNERS = ('DirectRunner', 'DataflowRunner', 'SparkRunner', 'FlinkRunner', 'PortableRunner',
            'PrismRunner')
 
@@ -75,9 +77,9 @@ def local_copy(path: str):
   if not is_remote(path):
     yield path
     return
-  fd, tmp = tempfile.mkstemp(suffix=os.path.splitext(path)[1])
+  fd, tmp = tempfile.mkstemp(prefix='sparse_tubes_clip_', suffix=os.path.splitext(path)[1])
   try:
-    with os.fdopen(fd, 'wb') as out, FileSystems.open(path) as src:
+    with os.fdopen(fd, 'wb') as out, FileSystems.open(path, compression_type=RAW) as src:
       shutil.copyfileobj(src, out, 1 << 20)
     yield tmp
   finally:
@@ -100,7 +102,8 @@ class RemoteArrayRecordWriter(writer_lib.ExampleWriter):
     os.close(fd)
     try:
       keys = super().write(tmp, examples)
-      with open(tmp, 'rb') as src, FileSystems.create(os.fspath(path)) as out:
+      with open(tmp, 'rb') as src, FileSystems.create(os.fspath(path),
+                                                      compression_type=RAW) as out:
         shutil.copyfileobj(src, out, 1 << 20)
       return keys
     finally:
@@ -126,11 +129,15 @@ class DecodeClip(beam.DoFn):
 
   def process(self, v: video_io.Video):
     if v.path and is_remote(v.path):
-      with local_copy(v.path) as path:
-        example, failure = video_io.decode_clip(dataclasses.replace(v, path=path), self.cfg)
-      if failure:
-        failure = {**failure, 'path': v.path,
-                   'detail': failure['detail'].replace(path, v.path)}
+      try:
+        with local_copy(v.path) as path:
+          example, failure = video_io.decode_clip(dataclasses.replace(v, path=path), self.cfg)
+        if failure:
+          failure = {**failure, 'path': v.path,
+                     'detail': failure['detail'].replace(path, v.path)}
+      except Exception as e:  # Listed but unreadable (gone since, or no permission): skipped.
+        example, failure = None, {'video_id': v.video_id, 'path': v.path, 'reason': 'missing',
+                                  'detail': f'cannot read: {type(e).__name__}: {e}'}
     else:
       example, failure = video_io.decode_clip(v, self.cfg)
     if failure:
@@ -181,16 +188,28 @@ def summary_path(work_dir: str, split: str) -> str:
   return os.path.join(work_dir, f'{split}-beam.json')
 
 
+def _video(line: str) -> video_io.Video:
+  return video_io.Video(**json.loads(line))
+
+
 def split_examples(videos: list, cfg: dict, split: str, work_dir: str) -> beam.PTransform:
   """The `_generate_examples` of one split on Beam: (key, example) pairs, keys as on one machine;
-  the split's summary goes to `summary_path(work_dir, split)`."""
+  the split's summary goes to `summary_path(work_dir, split)`.
+
+  The video list travels as a file in the work directory that the workers read, not inside the
+  pipeline: 650,000 rows would make a job graph of about 100 MB, and Dataflow takes 10 MB."""
+  listing = os.path.join(work_dir, f'{split}-videos.jsonl')
+  with FileSystems.create(listing) as f:
+    for v in videos:
+      f.write((json.dumps(dataclasses.asdict(v)) + '\n').encode())
 
   @beam.ptransform_fn
   def expand(root):
     decoded = (root
-               | 'List' >> beam.Create(videos)
-               # One clip per element, spread over the workers (Create hands a runner few large
-               # bundles, and a clip costs seconds).
+               | 'List' >> beam.io.ReadFromText(listing)
+               | 'Parse' >> beam.Map(_video)
+               # One clip per element, spread over the workers: a text source hands a runner
+               # few large bundles, and a clip costs a second or more.
                | 'Spread' >> beam.Reshuffle()
                | 'Decode' >> beam.ParDo(DecodeClip(cfg, split)).with_outputs(FAILURES,
                                                                              main='examples'))
