@@ -201,8 +201,8 @@ def space_to_depth(x: jax.Array, fold: Sequence[int]) -> jax.Array:
 
 
 def windows(x: jax.Array, axis: int, kernel: int, stride: int) -> jax.Array:
-  """Axis `axis` of length L becomes two, (n, kernel): out[..., i, j, ...] = x[..., i*stride + j, ...]
-  for the n = (L - kernel) // stride + 1 VALID windows.
+  """Axis `axis` of length L becomes two, (n, kernel), the n = (L - kernel) // stride + 1 VALID
+  windows: out[..., i, j, ...] = x[..., i*stride + j, ...].
 
   Reshapes and static slices only, so the backward pass is pads and adds (no gather, no scatter,
   no convolution). The axis is cut into blocks of `stride`; window i is blocks i .. i+q-1 laid end
@@ -213,10 +213,11 @@ def windows(x: jax.Array, axis: int, kernel: int, stride: int) -> jax.Array:
   length = x.shape[axis]
   n = (length - kernel) // stride + 1
   if n < 1:
-    raise ValueError(f'a window of {kernel} does not fit an axis of {length}')
+    raise ValueError(f'a tube kernel of {kernel} does not fit an input axis of {length}: '
+                     'check the tubes against the input shape with validate_tubes first.')
   q = -(-kernel // stride)
   need = (n + q - 1) * stride
-  if need > length:  # the zeros land past the end of the last window: never read
+  if need > length:  # zeros past the end of the last window: the final slice cuts them off
     pad = [(0, 0)] * x.ndim
     pad[axis] = (0, need - length)
     x = jnp.pad(x, pad)

@@ -120,7 +120,7 @@ def test_conv_applied_from_the_offset():
   np.testing.assert_allclose(out[1, 0], expected, rtol=1e-5, atol=1e-6)
 
 
-# --- Tubes are slices + one matmul, equal to the 3D convolution they replace -------------------------
+# --- Tubes are slices + one matmul, equal to the 3D convolution they replace ----------------------
 
 def conv_reference(x, kernel, bias, stride):
   """The VALID 3D convolution every tube computes. Kept here only, as the reference: the library
