@@ -31,10 +31,18 @@ import shlex
 import shutil
 import tempfile
 
-import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
+import logging
+
+# Without apache-beam[gcp], importing Beam logs a warning about BigQuery's client ("apitools not
+# found"), which prepare does not use.
+logging.disable(logging.WARNING)
+try:
+  import apache_beam as beam  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=g-import-not-at-top
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=g-import-not-at-top
+finally:
+  logging.disable(logging.NOTSET)
 from tensorflow_datasets.core import writer as writer_lib
 
 from sparse_tubes.data import video_io

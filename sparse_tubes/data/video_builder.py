@@ -367,6 +367,25 @@ class VideoBuilder(builtin.Builder):
     self._write_report(beam.read_summaries(self.work_dir, self._beam_splits))
     self._check_report(self._manual_dir)
 
+  def _download_and_prepare(self, dl_manager, download_config):
+    try:
+      super()._download_and_prepare(dl_manager, download_config)
+    except Exception:
+      if self.beam and hasattr(self, '_beam_splits'):
+        self._report_failed_pipeline()
+      raise
+
+  def _report_failed_pipeline(self):
+    """On Beam a split without one readable clip stops the pipeline in TFDS's writer ("The total
+    number of generated examples is 0"); where the summaries were written, say which and why."""
+    from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top
+    try:
+      summaries = beam.read_summaries(self.work_dir, self._beam_splits)
+    except Exception:  # pylint: disable=broad-except
+      return  # Not written: the pipeline failed before that; its own error stands.
+    self._write_report(summaries)
+    self._check_report(self._manual_dir)
+
   def _example_writer(self):
     if self.beam:
       from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top

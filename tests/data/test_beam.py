@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import random
+import shutil
 import sys
 import tempfile
 
@@ -22,13 +23,14 @@ NAME = 'kinetics400/10fps_32px'
 @pytest.fixture(scope='module')
 def both(tmp_path_factory):
   """The mini-Kinetics (a corrupt, a truncated and a missing clip, a label not in the class list)
-  prepared on one machine and on Beam's DirectRunner: (local data_dir, report, beam data_dir, report)."""
+  prepared on one machine and on Beam's DirectRunner: (local data_dir, report, beam data_dir, report,
+  release)."""
   release = make_mini_kinetics(str(tmp_path_factory.mktemp('release')))
   local, on_beam = str(tmp_path_factory.mktemp('local')), str(tmp_path_factory.mktemp('beam'))
   a = prepare.run(NAME, manual_dir=release, data_dir=local, workers=1, videos_per_shard=3)
   b = prepare.run(NAME, manual_dir=release, data_dir=on_beam, workers=1,
                   beam_runner='DirectRunner')
-  return local, a, on_beam, b
+  return local, a, on_beam, b, release
 
 
 def _records(data_dir, split):
@@ -49,7 +51,7 @@ def _records(data_dir, split):
 
 
 def test_direct_runner_writes_the_examples_and_report_of_one_machine(both):
-  local, report, on_beam, beam_report = both
+  local, report, on_beam, beam_report, _ = both
   assert beam_report == report
   assert report['splits']['train']['reasons'] == {'undecodable': 1, 'truncated': 1}
   assert report['splits']['validation']['reasons'] == {'missing': 1, 'unknown_label': 1}
@@ -73,6 +75,26 @@ def test_direct_runner_writes_the_examples_and_report_of_one_machine(both):
       for k in ex:
         assert ex[k] == ey[k], (split, ex['video_id'], k)
   assert 'tensorflow' not in sys.modules
+
+
+def test_a_split_without_a_readable_clip_is_named(both, tmp_path):
+  """TFDS's Beam writer stops at an empty split with its own words; the error names the split and
+  the reasons, as on one machine, and the report is written."""
+  release = str(tmp_path / 'release')
+  shutil.copytree(both[4], release, symlinks=True)
+  # Train: two clips of the missing clip's class and another; validation: the missing clip.
+  for name, keep in (('train.csv', ('aaaaaaaaaa1', 'bbbbbbbbbb2')), ('val.csv', ('missingclip',))):
+    path = os.path.join(release, 'annotations', name)
+    with open(path) as f:
+      lines = f.read().splitlines()
+    with open(path, 'w') as f:
+      f.write('\n'.join([lines[0]] + [l for l in lines if l.split(',')[1] in keep]) + '\n')
+  with pytest.raises(ValueError, match=r"no video of split 'validation' could be read \(1 listed; "
+                                       r'unusable: missing 1\)'):
+    prepare.run(NAME, manual_dir=release, data_dir=str(tmp_path / 'out'), workers=1,
+                beam_runner='DirectRunner')
+  with open(tmp_path / 'out' / 'kinetics400' / '10fps_32px' / video_builder.REPORT_NAME) as f:
+    assert json.load(f)['splits']['train']['written'] == 2
 
 
 def test_summaries_merge_across_workers():
