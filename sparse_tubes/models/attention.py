@@ -43,7 +43,7 @@ cuDNN (what jax 0.10's `jax._src.cudnn.fused_attention_stablehlo` checks, and wh
     only compute capability 10.3 (cuDNN >= 9.11) and q/v head sizes that differ (>= 9.10, Hopper)
     are gated, neither of which we use.
   * layout: BTNH (ours) and BNTH are accepted; the sequence and head_dim axes must not be sharded
-    (we run it under shard_map over batch and heads). GQA (fewer k/v heads) is accepted; unused here.
+    (we run it under shard_map over batch and heads). GQA (fewer k/v heads) is accepted; unused.
 """
 import functools
 
@@ -184,15 +184,18 @@ def _splash(q, k, v, *, interpret: bool):
   return out[:, :, :tq].transpose(0, 2, 1, 3)
 
 
-def cudnn_attention(q, k, v, *, implementation: str = 'cudnn', multiple: int = CUDNN_SEQ_MULTIPLE,
-                    mask: str = CUDNN_MASK) -> jax.Array:
+def cudnn_attention(q, k, v, *, implementation: str = 'cudnn', multiple: int | None = None,
+                    mask: str | None = None) -> jax.Array:
   """cuDNN flash attention for any Tq and Tk: q (B,Tq,N,d), k and v (B,Tk,N,d) -> (B,Tq,N,d).
 
   Pads Tq and Tk up to `multiple` (module docstring: jax's training check wants even lengths),
   masks the padded keys (`mask`: 'seqlens', cuDNN's padding mask, or 'bias', an explicit boolean
-  mask) and slices the padded queries off. implementation='xla' makes the very same padded, masked
-  call through XLA: the CPU tests of this wrapper.
+  mask) and slices the padded queries off; None: CUDNN_SEQ_MULTIPLE and CUDNN_MASK, read at call
+  time (scripts/gpu_attention_check.py sets them). implementation='xla' makes the very same padded,
+  masked call through XLA: the CPU tests of this wrapper.
   """
+  multiple = CUDNN_SEQ_MULTIPLE if multiple is None else multiple
+  mask = CUDNN_MASK if mask is None else mask
   if mask not in ('seqlens', 'bias'):
     raise ValueError(f"cudnn_attention mask = {mask!r}: use 'seqlens' or 'bias'.")
   b, tq, tk = q.shape[0], q.shape[1], k.shape[1]
@@ -202,8 +205,7 @@ def cudnn_attention(q, k, v, *, implementation: str = 'cudnn', multiple: int = C
   if k.shape[1] != tk and mask == 'seqlens':
     masking['key_value_seq_lengths'] = jnp.full((b,), tk, jnp.int32)
   elif k.shape[1] != tk:   # jax's cuDNN path wants the mask at full (.., Tq, Tk) size
-    masking['mask'] = jnp.broadcast_to(jnp.arange(k.shape[1]) < tk, (1, 1) + (q.shape[1],
-                                                                               k.shape[1]))
+    masking['mask'] = jnp.broadcast_to(jnp.arange(k.shape[1]) < tk, (1, 1, q.shape[1], k.shape[1]))
   out = jax.nn.dot_product_attention(q, k, v, implementation=implementation, **masking)
   return out[:, :tq]
 

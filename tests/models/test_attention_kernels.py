@@ -187,6 +187,23 @@ def test_cudnn_off_gpu_fails_before_compile():
     attention.check_impl('flash')
 
 
+def test_gpu_check_script_runs_its_wrapper_path_on_cpu(capsys):
+  """scripts/gpu_attention_check.py away from a GPU: refuses without --platform_check=false; with
+  it, runs the cuDNN wrapper through XLA against einsum (one odd length, the float32 fallback)."""
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).parents[2] / 'scripts' / 'gpu_attention_check.py'
+  spec = importlib.util.spec_from_file_location('gpu_attention_check', path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  assert script.main(['--cases=tiny']) == 2
+  small = ['--platform_check=false', '--heads=1', '--batch=1', '--head_dim=8']
+  assert script.main(small + ['--cases=tiny,float32']) == 0
+  out = capsys.readouterr().out
+  assert 'impl=cudnn' in out and 'impl=xla' in out and '2/2 passed' in out, out
+  assert script.main(small + ['--cases=tiny', '--tolerance=1e-6']) == 1   # bfloat16 is not exact
+
+
 SHARDED = r'''
 import jax, numpy as np
 from flax import nnx
