@@ -9,7 +9,7 @@ so the examples are the same ones, in the same order (shard boundaries can diffe
 shards from estimates).
 
 Failures leave the workers through a tagged output: a `CombineFn` folds each split's per-clip
-records into one summary (videos, written, frames, failures) that a single step writes into the work
+records (CLIPS) into one summary (videos, written, frames, failures) that a single step writes into the work
 directory; after the pipeline the builder assembles `prepare_report.json` from those summaries with
 the same `make_report` as the local path. Beam counters (`prepare/<split>/written`,
 `prepare/<split>/<reason>`) show the same counts live in the Dataflow or Spark UI.
@@ -20,18 +20,17 @@ to 4 times per bundle), and a failed job starts again from the beginning.
 The release and the output can be on GCS (gs://...; S3 and HDFS alike through Beam's file systems)
 as Dataflow workers need: the listing and annotation files go through `FileSystems`, each clip is
 copied to a local temporary file before decoding, and ArrayRecord shards (whose writer only knows
-local files) are written locally and then copied (`RemoteArrayRecordWriter`). Without TensorFlow, TFDS reaches
-gs:// through etils.epath, which needs `gcsfs`.
+local files) are written locally and then copied (`RemoteArrayRecordWriter`). Without TensorFlow,
+TFDS reaches gs:// through etils.epath, which needs `gcsfs`.
 """
 import contextlib
 import dataclasses
 import json
+import logging
 import os
 import shlex
 import shutil
 import tempfile
-
-import logging
 
 # Without apache-beam[gcp], importing Beam logs a warning about BigQuery's client ("apitools not
 # found"), which prepare does not use.
@@ -47,7 +46,7 @@ from tensorflow_datasets.core import writer as writer_lib
 
 from sparse_tubes.data import video_io
 
-FAILURES = 'failures'
+CLIPS = 'clips'  # The tagged output of (index, frames, failure or None), one per listed clip.
 RAW = CompressionTypes.UNCOMPRESSED  # Beam would otherwise guess a compression from the name.
 RUNNERS = ('DirectRunner', 'DataflowRunner', 'SparkRunner', 'FlinkRunner', 'PortableRunner',
            'PrismRunner')
@@ -121,8 +120,8 @@ class RemoteArrayRecordWriter(writer_lib.ExampleWriter):
 # ---------------------------------------------------------------------------- the transforms
 
 class DecodeClip(beam.DoFn):
-  """A listed video -> (key, example) on the main output, or its failure on FAILURES; every clip
-  also leaves one (index, frames, failure) record there for the split's summary."""
+  """A listed video -> (key, example) on the main output when it can be used, and for every video
+  (index, frames, failure or None) on CLIPS, for the split's summary."""
 
   def __init__(self, cfg: dict, split: str):
     self.cfg, self.split = cfg, split
@@ -150,10 +149,10 @@ class DecodeClip(beam.DoFn):
       example, failure = video_io.decode_clip(v, self.cfg)
     if failure:
       self.count(failure['reason'])
-      yield beam.pvalue.TaggedOutput(FAILURES, (v.index, 0, failure))
+      yield beam.pvalue.TaggedOutput(CLIPS, (v.index, 0, failure))
       return
     self.count('written')
-    yield beam.pvalue.TaggedOutput(FAILURES, (v.index, len(example['video']), None))
+    yield beam.pvalue.TaggedOutput(CLIPS, (v.index, len(example['video']), None))
     yield example['id'], example
 
 
@@ -192,7 +191,6 @@ def write_json(summary: dict, path: str):
 
 
 def summary_path(work_dir: str, split: str) -> str:
-  # The name the local path's sidecars share (`{split}-...json`), so one reader finds both.
   return os.path.join(work_dir, f'{split}-beam.json')
 
 
@@ -219,9 +217,9 @@ def split_examples(videos: list, cfg: dict, split: str, work_dir: str) -> beam.P
                # One clip per element, spread over the workers: a text source hands a runner
                # few large bundles, and a clip costs a second or more.
                | 'Spread' >> beam.Reshuffle()
-               | 'Decode' >> beam.ParDo(DecodeClip(cfg, split)).with_outputs(FAILURES,
+               | 'Decode' >> beam.ParDo(DecodeClip(cfg, split)).with_outputs(CLIPS,
                                                                              main='examples'))
-    _ = (decoded[FAILURES]
+    _ = (decoded[CLIPS]
          | 'Summarize' >> beam.CombineGlobally(Summarize())
          | 'WriteSummary' >> beam.Map(write_json, path=summary_path(work_dir, split)))
     return decoded.examples

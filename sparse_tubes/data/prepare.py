@@ -89,6 +89,11 @@ def run(name: str, *, manual_dir: str, data_dir: str | None, workers: int | None
     download_config = tfds.download.DownloadConfig(
         manual_dir=manual_dir, beam_runner=beam_runner,
         beam_options=beam.pipeline_options(beam_runner, beam_options, workers))
+    local = [f'--{k}={v}' for k, v in (('manual_dir', manual_dir), ('data_dir', data_dir))
+             if not beam.is_remote(v)]
+    if beam_runner == 'DataflowRunner' and local:
+      raise ValueError(f'{" and ".join(local)}: Dataflow workers cannot read this machine\'s '
+                       f'disk; put the release and the output on GCS (gs://BUCKET/...).')
   if not epath.Path(manual_dir).is_dir():
     raise ValueError(f'--manual_dir={manual_dir!r} is not a directory.')
   builder = make_builder(name, data_dir, fps=fps, short_side=short_side)

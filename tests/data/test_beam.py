@@ -126,6 +126,8 @@ def test_bad_beam_flags_fail_before_any_work(tmp_path):
     prepare.run('kinetics700', beam_options='--project=p', **kw)
   with pytest.raises(ValueError, match='not Beam flags'):
     prepare.run('kinetics700', beam_runner='DirectRunner', beam_options='project=p', **kw)
+  with pytest.raises(ValueError, match='--manual_dir=.* and --data_dir=.*: Dataflow workers cannot'):
+    prepare.run('kinetics700', beam_runner='DataflowRunner', beam_options='--project=p', **kw)
   opts = beam.pipeline_options('DirectRunner', '', 3).get_all_options()
   assert (opts['direct_num_workers'], opts['direct_running_mode']) == (3, 'multi_processing')
   opts = beam.pipeline_options('DataflowRunner', '--project=p --region=europe-west4', 3)
