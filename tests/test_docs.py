@@ -283,12 +283,24 @@ def expand_braces(path: str) -> list[str]:
           for p in expand_braces(path[:m.start()] + choice + path[m.end():])]
 
 
+@functools.lru_cache(maxsize=None)
+def file_names() -> frozenset[str]:
+  files = [*REPO.iterdir(), *(p for d in TOP_DIRS for p in (REPO / d).rglob('*'))]
+  return frozenset(p.name for p in files if p.is_file())
+
+
 def check_paths(text: str) -> list[str]:
-  """Repo paths written in inline code (`sparse_tubes/zoo.py`, `configs/<dataset>/*.py`) exist."""
+  """Repo paths written in inline code (`sparse_tubes/zoo.py`, `configs/<dataset>/*.py`) exist, and
+  so does a module or notebook named without its folder (`tubevit_{b,l,h}.py`, `tubes.ipynb`)."""
   out = []
   for span in re.findall(r'`([^`]+)`', FENCE.sub('', text)):
     for token in span.split():
       token = token.strip('()[],;\'"').rstrip('.:')
+      if re.fullmatch(r'[\w{},]+\.(py|ipynb)(:\S*)?', token):
+        for name in expand_braces(token.split(':')[0]):
+          if name not in file_names():
+            out.append(f'`{token}`: no file {name} in the repository')
+        continue
       if not token.startswith(tuple(d + '/' for d in TOP_DIRS)):
         continue
       token = re.split(r'::|:(?!//)', token)[0]   # a config's :arg, a test's ::name
@@ -394,6 +406,7 @@ def test_the_check_finds_what_rotted(tmp_path):
       'no heading #nowhere': '[gone](there.md#nowhere)',
       'no heading #nope in page.md': '# Here\n[gone](#nope)',
       '`sparse_tubes/run.py`: no such path': 'see `sparse_tubes/run.py`',
+      'no file vivit_b16x2_m9.py': 'and `vivit_b16x2_{m1,m9}.py`',
       'Architecture: tpus.py': '```\nsparse_tubes/\n  main.py   the CLI\n  train/    tpus.py\n```\n',
   }
   for expected, snippet in broken.items():
