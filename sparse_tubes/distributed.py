@@ -94,3 +94,54 @@ def quiet_followers():
   errors still reach stderr through logging)."""
   if jax.process_index() != 0:
     sys.stdout = open(os.devnull, 'w')
+
+
+def _has_tpu() -> bool:
+  """Whether this host has TPU chips (their device files: /dev/accel* on v2-v4 and v5p, /dev/vfio
+  on v5e and v6e) or is told it is a TPU VM."""
+  if os.environ.get('TPU_ACCELERATOR_TYPE') or os.environ.get('TPU_WORKER_HOSTNAMES'):
+    return True
+  try:
+    dev = os.listdir('/dev')
+    vfio = os.listdir('/dev/vfio') if 'vfio' in dev else []
+  except OSError:
+    return True  # Cannot tell: leave libtpu as it is.
+  return any(n.startswith('accel') for n in dev) or any(n.isdigit() for n in vfio)
+
+
+def quiet_libtpu():
+  """With the [tpu] extra installed (README advises it for `plan`), libtpu loads in every command
+  and, on a host without TPU chips, warns that it cannot determine the accelerator type and the
+  worker hostnames (it asks the GCE metadata server). Those warnings say nothing to the user of a
+  CPU or GPU host: there, libtpu is told to skip the query and to log errors only. Call it before
+  JAX starts its backends; a TPU VM is left as it is."""
+  if _has_tpu():
+    return
+  for key, value in (('TPU_SKIP_MDS_QUERY', '1'), ('TPU_STDERR_LOG_LEVEL', '2'),
+                     ('TPU_MIN_LOG_LEVEL', '2')):
+    os.environ.setdefault(key, value)
+
+
+# Orbax warnings that describe its own bookkeeping, not the user's run: a step directory without
+# the metadata file Orbax writes last (an older or damaged checkpoint: `evaluate` and `train` say
+# which in their own words), and the tracebacks of a failed background save (the command reports
+# the failure in one line, with the directory and the error).
+_ORBAX_NOISE = ('Metadata file does not exist', 'raised an exception', 'Failed to run',
+                'Failed to write metadata', 'Save Finalize thread', 'Event loop is closed',
+                'failed to finalize', 'Failed to finalize')
+
+
+class _QuietOrbax(std_logging.Filter):
+
+  def filter(self, record):
+    if '/orbax/' not in record.pathname.replace(os.sep, '/'):
+      return True
+    return not any(n in str(record.msg) for n in _ORBAX_NOISE)
+
+
+def quiet_library_logs():
+  """Drops the Orbax log records in _ORBAX_NOISE (the commands say what they mean in one line);
+  --verbosity=0 or more shows everything again."""
+  logger = std_logging.getLogger('absl')  # Orbax logs through absl.logging, i.e. this logger.
+  if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
+    logger.addFilter(_QuietOrbax())

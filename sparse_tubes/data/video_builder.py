@@ -333,8 +333,10 @@ class VideoBuilder(builtin.Builder):
 
   def _write_report(self, summaries):
     self.report = make_report(self.title, summaries)
-    with epath.Path(self.report_path).open('w') as f:
-      json.dump(self.report, f, indent=1)
+    # Written whole, then renamed: a kill mid-write leaves the previous report, never half of one.
+    tmp = epath.Path(self.report_path + '.tmp')
+    tmp.write_text(json.dumps(self.report, indent=1))
+    tmp.replace(self.report_path)
 
   def _check_report(self, manual_dir):
     for split, n in self.report['splits'].items():

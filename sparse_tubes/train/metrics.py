@@ -5,7 +5,7 @@ clu.metric_writers imports TensorFlow at package import (and with TensorBoard th
 write_hparams / flush / close) over tensorboardX (<1 MB), plus a JSON-lines copy of every scalar
 (`metrics.jsonl`) that scripts and tests can read without TensorBoard. Both live in
 WORKDIR/tensorboard/; the train loop flushes them at every log line (`flush`), so a killed run keeps
-every logged step.
+every logged step, and a resumed run replaces the rows of the steps it does again (`resume_step`).
 """
 import json
 import os
@@ -15,19 +15,27 @@ from collections.abc import Mapping
 import jax
 from absl import logging
 
+from sparse_tubes import atomic
+
 
 class MetricWriter:
   """TensorBoard event files + metrics.jsonl under `logdir`; only process 0 writes."""
 
-  def __init__(self, logdir: str, enabled: bool | None = None):
+  def __init__(self, logdir: str, enabled: bool | None = None, *, resume_step: int | None = None):
+    """`resume_step`: the step a resumed run restored; metrics.jsonl rows after it (written by
+    the run that stopped, for steps this one does again) are dropped, so every step has one row."""
     self.logdir = logdir
     self.enabled = jax.process_index() == 0 if enabled is None else enabled
     self._tb = self._jsonl = None
     if self.enabled:
       from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
       os.makedirs(logdir, exist_ok=True)
+      path = os.path.join(logdir, 'metrics.jsonl')
+      if resume_step is not None and os.path.exists(path):
+        keep = [r for r in read_jsonl(logdir) if r.get('step', 0) <= resume_step]
+        atomic.write_text(path, ''.join(json.dumps(r) + '\n' for r in keep))
       self._tb = SummaryWriter(logdir, flush_secs=30)
-      self._jsonl = open(os.path.join(logdir, 'metrics.jsonl'), 'a')
+      self._jsonl = open(path, 'a')
 
   def write_scalars(self, step: int, scalars: Mapping[str, float]):
     if not self.enabled or not scalars:
@@ -60,8 +68,15 @@ class MetricWriter:
 
 
 def read_jsonl(logdir: str) -> list[dict]:
+  """The rows of metrics.jsonl; a line cut short (a kill or a full disk mid-write) is skipped."""
+  rows = []
   with open(os.path.join(logdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    for line in f:
+      try:
+        rows.append(json.loads(line))
+      except ValueError:
+        continue
+  return rows
 
 
 def _hms(seconds: float) -> str:

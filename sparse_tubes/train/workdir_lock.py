@@ -5,7 +5,10 @@ second `train` refuses to start while the holder is alive. The holder refreshes 
 (its heartbeat) every `HEARTBEAT_S`; a lock whose process is gone (same host) or whose heartbeat is
 older than `STALE_S` (another host that died) is taken over with a warning. On a multi-host run the
 lock belongs to the run: process 0 takes it and tells the others whether it could.
-`evaluate` and `predict` only read, and take no lock.
+
+`evaluate` takes one such lock per dataset it evaluates (WORKDIR/evaluate_<dataset>.lock): two
+evaluators on one workdir would write every result and TensorBoard row twice. `predict` only reads,
+and takes no lock.
 """
 import contextlib
 import json
@@ -24,7 +27,12 @@ STALE_S = 300.0
 
 
 class WorkdirLocked(RuntimeError):
-  """Another live `train` holds the workdir."""
+  """Another live `train` (or `evaluate` of the same dataset) holds the workdir."""
+
+
+def eval_lock(dataset: str) -> str:
+  """The lock file of `evaluate` on one dataset of a workdir."""
+  return f'evaluate_{dataset}.lock'
 
 
 def _alive(pid: int) -> bool:
@@ -63,8 +71,10 @@ def stale_reason(path: str, *, stale_s: float = STALE_S) -> str | None:
 class Lock:
   """The lock file of one workdir, held by this process (see the module docstring)."""
 
-  def __init__(self, workdir: str, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S):
-    self.path = os.path.join(workdir, LOCK)
+  def __init__(self, workdir: str, *, heartbeat_s: float = HEARTBEAT_S, stale_s: float = STALE_S,
+               name: str = LOCK, command: str = 'train'):
+    self.path = os.path.join(workdir, name)
+    self.command = command
     self.heartbeat_s, self.stale_s = heartbeat_s, stale_s
     self._stop = threading.Event()
     self._thread = None
@@ -81,7 +91,8 @@ class Lock:
           h = _read(self.path)
           age = time.time() - os.path.getmtime(self.path)
           raise WorkdirLocked(
-              f"{os.path.dirname(os.path.abspath(self.path))} is in use by another `train` (host "
+              f"{os.path.dirname(os.path.abspath(self.path))} is in use by another "
+              f"`{self.command}` (host "
               f"{h.get('host', '?')}, pid {h.get('pid', '?')}, heartbeat {age:.0f} s ago; "
               f'{self.path}): wait for it to finish, or give another --workdir.')
         if reason != 'gone':
@@ -114,19 +125,19 @@ class Lock:
 
 
 @contextlib.contextmanager
-def hold(workdir: str):
+def hold(workdir: str, *, name: str = LOCK, command: str = 'train'):
   """The workdir's lock for the whole run: process 0 takes it; on a multi-host run the others
   learn whether it could, so every process stops together with the same message."""
   lock, error = None, ''
   if jax.process_index() == 0:
     try:
-      lock = Lock(workdir).acquire()
+      lock = Lock(workdir, name=name, command=command).acquire()
     except WorkdirLocked as e:
       error = str(e)
   if jax.process_count() > 1:
     ok = multihost_utils.broadcast_one_to_all(int(not error))
     if not ok and not error:
-      error = f'{workdir} is in use by another `train` (process 0 found its lock, {LOCK}).'
+      error = f'{workdir} is in use by another `{command}` (process 0 found its lock, {name}).'
   if error:
     raise WorkdirLocked(error)
   try:
