@@ -17,9 +17,9 @@ import shlex
 import subprocess
 import sys
 
-import tpu as tpu_launch  # launch/tpu.py: the command line the workers run, and sparse_tubes.tpus.
+import tpu as tpu_launch  # launch/tpu.py: the command line the workers run, and sparse_tubes.chips.
 
-from sparse_tubes import tpus
+from sparse_tubes import chips
 
 # GKE node labels of the TPU generations (cloud.google.com/gke-tpu-accelerator).
 GKE_ACCELERATOR = {'v4': 'tpu-v4-podslice', 'v5e': 'tpu-v5-lite-podslice', 'v5p': 'tpu-v5p-slice',
@@ -27,7 +27,7 @@ GKE_ACCELERATOR = {'v4': 'tpu-v4-podslice', 'v5e': 'tpu-v5-lite-podslice', 'v5p'
 
 
 def manifest(args, overrides) -> dict:
-  topo = tpus.from_accelerator_type(args.accelerator_type)
+  topo = chips.from_accelerator_type(args.accelerator_type)
   hosts = topo.hosts
   job = ' '.join(shlex.quote(a) for a in tpu_launch.job_argv(args, overrides))
   pod = {

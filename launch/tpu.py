@@ -32,7 +32,7 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from sparse_tubes import tpus  # noqa: E402
+from sparse_tubes import chips
 
 REMOTE_DIR = '~/sparse_tubes'       # the checkout, replaced by each `run`
 LOG_DIR = '~/sparse_tubes_logs'     # logs and the job's pid, kept across runs
@@ -82,7 +82,7 @@ def parse(argv):
   parser.add_argument('--accelerator_type', default='v5litepod-16',
                       help='v5litepod-16, v6e-16, v4-32, v5p-64, ... (v4/v5p count cores).')
   parser.add_argument('--runtime_version', default=None,
-                      help="TPU VM image; default: the generation's JAX image (sparse_tubes/tpus.py).")
+                      help="TPU VM image; default: the generation's JAX image (sparse_tubes/chips.py).")
   parser.add_argument('--config', default=None, help='configs/...py[:arg], relative to the repo.')
   parser.add_argument('--workdir', default=None, help='gs://bucket/runs/NAME: checkpoints and logs.')
   parser.add_argument('--data_dir', default=None, help='gs://bucket/tfds: the prepared datasets.')
@@ -99,7 +99,7 @@ def parse(argv):
   unknown = [a for a in rest if not a.startswith('--config.')]
   if unknown:
     parser.error(f'unknown arguments {unknown}; config fields are given as --config.field=value.')
-  args.topology = tpus.from_accelerator_type(args.accelerator_type)
+  args.topology = chips.from_accelerator_type(args.accelerator_type)
   args.runtime_version = args.runtime_version or args.topology.generation.runtime_version
   if args.subcommand in ('run', 'up'):
     if not args.workdir:

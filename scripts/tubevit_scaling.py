@@ -13,10 +13,10 @@ import time
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), '..'))
 
 from sparse_tubes import config as config_lib  # noqa: E402
-from sparse_tubes import evaluate as evaluate_lib  # noqa: E402
-from sparse_tubes import run  # noqa: E402
+from sparse_tubes import checkpoints as ckpt_lib  # noqa: E402
+from sparse_tubes.commands import evaluate as evaluate_lib  # noqa: E402
 from sparse_tubes.pretrained import vit  # noqa: E402
-from sparse_tubes.train import loop  # noqa: E402
+from sparse_tubes.commands import train as train_cmd  # noqa: E402
 
 CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs', 'synthetic',
                       'tubevit_scaling_small.py')
@@ -29,7 +29,7 @@ def run(stage, root, steps=None, **overrides):
     c.checkpoint_every_steps = steps
   workdir = os.path.join(root, stage)
   start = time.time()
-  loop.train(c, workdir)
+  train_cmd.train(c, workdir)
   results = evaluate_lib.evaluate(c, workdir)['datasets']
   return {name: round(r['top1'], 4) for name, r in results.items()}, time.time() - start
 
@@ -44,7 +44,7 @@ def main(argv=None):
   out = {}
   for stage in ('small', 'image'):
     out[stage] = run(stage, args.root, **kw)
-  params = run.read_params(os.path.join(args.root, 'image'))
+  params = ckpt_lib.read_params(os.path.join(args.root, 'image'))
   vit.save_npz(vit.from_model_params(params), os.path.join(args.root, 'image_vit.npz'))
   for stage in ('scaled', 'baseline'):
     out[stage] = run(stage, args.root, args.steps or None, **kw)

@@ -11,6 +11,11 @@
   python -m sparse_tubes plan     --config=CONFIG.py[:arg] --topology=v5e:4x4 [--json]
   python -m sparse_tubes predict  --workdir=DIR --input=VIDEO|CLIPS.npy [--config=...] [--top_k=5]
                                   [--save_logits=OUT.npy] [--dataset=NAME] [--step=N] [--fps=F]
+  python -m sparse_tubes bench    step|attention|data|zoo [--config=CONFIG.py[:arg]] [--json] ...
+                                  (commands/bench.py lists the options)
+
+Each command is one module of sparse_tubes/commands/ with a `main(flags, args)`; this file holds
+the flags they share and dispatches.
 
   train, evaluate, predict (and convert --to) take --workdir alone when the workdir holds the
   config.json that `train` or `convert` wrote; --config=DIR/config.py loads the same config and
@@ -22,13 +27,13 @@
   train and evaluate start the multi-host runtime themselves on a TPU pod, GKE or SLURM; elsewhere
   give --coordinator_address, --num_processes and --process_id (launch/local.py does).
 """
-import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'evaluate', 'info', 'prepare', 'convert', 'predict', 'plan')
+COMMANDS = ('train', 'evaluate', 'predict', 'info', 'plan', 'bench', 'prepare', 'convert')
+POSITIONAL = ('prepare', 'bench')  # commands that take words besides flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config(arg) module).',
                                           lock_config=True)
@@ -46,12 +51,12 @@ _WATCH_TIMEOUT = flags.DEFINE_float('watch_timeout', 3600.0, 'evaluate --checkpo
 _SAVE_PREDICTIONS = flags.DEFINE_string(
     'save_predictions', None, 'evaluate: write per-video aggregated scores, video ids and labels '
     'to this .npz (all/watch: one FILE_step<N>.npz per checkpoint).')
-_JSON = flags.DEFINE_bool('json', False, 'info: print one JSON object instead of tables.')
+_JSON = flags.DEFINE_bool('json', False, 'info, plan, bench: print JSON instead of tables.')
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'prepare: where the downloaded dataset is.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'prepare: TFDS data dir to write (default: '
                                 '$SPARSE_TUBES_DATA_DIR or ~/.cache/sparse_tubes/tfds).')
-_WORKERS = flags.DEFINE_integer('workers', None, 'prepare: parallel decoding processes '
-                                '(default: the number of cores).')
+_WORKERS = flags.DEFINE_integer('workers', None, 'prepare, bench data: parallel decoding '
+                                'processes (default: the number of cores).')
 _FROM = flags.DEFINE_enum('from', None, ['hf', 'timesformer', 'vit_npz'],
                           'convert: the kind of checkpoint --input is.')
 _TO = flags.DEFINE_enum('to', None, ['hf'], 'convert: export the workdir checkpoint to this layout.')
@@ -74,109 +79,44 @@ _FPS = flags.DEFINE_float('fps', None, 'predict: frame rate to decode a video at
                           "dataset's stored rate, 25 for Kinetics).")
 
 
-def _need(value, flag: str, example: str):
-  if not value:
-    raise app.UsageError(f'--{flag} is required here, e.g. --{flag}={example}')
-  return value
+# bench
+_STEPS = flags.DEFINE_integer('steps', 5, 'bench step: timed steps (the median is reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 2, 'bench step: untimed steps after the compile.')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', None, "bench step: global batch of every dataset "
+                                   "(default: the config's).")
+_WITH_DATA = flags.DEFINE_bool('with_data', False, "bench step: also run the loop on the config's "
+                               'input pipeline and report how much of each step waits for data.')
+for _key in ('attention_impl', 'scan_layers', 'remat', 'dtype'):
+  flags.DEFINE_string(_key, None, f'bench step: config.model.{_key}; a comma-separated list '
+                      'compares them, one row each.')
+_SECONDS = flags.DEFINE_float('seconds', 3.0, 'bench data: seconds per measurement.')
+_REPEATS = flags.DEFINE_integer('repeats', 3, 'bench data: measurements per figure.')
+_MINI = flags.DEFINE_bool('mini', False, 'bench data: use mini releases even where the dataset '
+                          'is prepared.')
+_SYNTHETIC = flags.DEFINE_bool('synthetic', None, 'bench data: also measure synthetic reference '
+                               'clips (default: with the table, not with --json).')
+_TOKENS = flags.DEFINE_string('tokens', '3137,12544', 'bench attention: sequence lengths.')
+_HEADS = flags.DEFINE_integer('heads', 16, 'bench attention: heads.')
+_HEAD_DIM = flags.DEFINE_integer('head_dim', 64, 'bench attention: head dimension.')
+_BATCH = flags.DEFINE_integer('batch', None, 'bench attention: global batch (default: one per chip).')
+_WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'bench zoo: also time the HF PyTorch '
+                                'TimeSformer-B and ViViT-B (scripts/bench_hf_torch.py).')
+_TINY = flags.DEFINE_bool('tiny', False, 'bench zoo: the synthetic tiny configs instead of the paper '
+                          'configs (for a CPU).')
 
 
 def main(argv):
+  import importlib
   args = argv[1:]
   if not args or args[0] not in COMMANDS:
     raise app.UsageError(f'Give a command, one of {COMMANDS}; got {args[0] if args else "none"}.')
   command, rest = args[0], args[1:]
-  if command != 'prepare' and rest:
+  if command not in POSITIONAL and rest:
     raise app.UsageError(f'Unexpected arguments {rest}: flags are written --name=value.')
   if not flags.FLAGS['verbosity'].present:
     # Progress lines and results are printed; library INFO logs (TFDS, Orbax) would bury them.
     logging.set_verbosity(logging.WARNING)
-
-  if command == 'prepare':
-    from sparse_tubes.data import prepare
-    if len(rest) != 1:
-      raise app.UsageError(f'prepare takes one dataset name, one of {prepare.DATASETS}.')
-    prepare.run(rest[0], manual_dir=_need(_MANUAL_DIR.value, 'manual_dir', '/data/kinetics400'),
-                data_dir=_DATA_DIR.value, workers=_WORKERS.value)
-    return
-
-  if command == 'convert' and _TO.value is None:
-    from sparse_tubes import convert
-    source = _need(_FROM.value, 'from', 'hf')
-    result = convert.convert(source, _need(_INPUT.value, 'input', '/models/timesformer-base'),
-                             _need(_WORKDIR.value, 'workdir', '/tmp/converted'), _CONFIG.value,
-                             num_heads=_NUM_HEADS.value)
-    print(f"Converted {result['input']} ({result['from']}, {result['model']}, "
-          f"{result.get('params', 0):,} parameters) into {result['checkpoint_dir']}"
-          + (f"; classifier -> head '{result['head']}'" if result.get('head') else '')
-          + (f"; {result['dropped_head']}" if result.get('dropped_head') else ''), flush=True)
-    return
-
-  if command == 'plan':
-    from sparse_tubes import plan
-    plan.run(_need(_CONFIG.value, 'config', 'configs/kinetics400/tubevit_b.py'),
-             topology=_TOPOLOGY.value, as_json=_JSON.value)
-    return
-
-  if command in ('train', 'evaluate'):
-    # Before any other JAX call: a pod's processes find each other here.
-    from sparse_tubes import distributed
-    distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-    distributed.quiet_followers()
-
-  if command == 'info':
-    from sparse_tubes import info
-    info.run(_need(_CONFIG.value, 'config', 'configs/synthetic/tubevit_tiny.py'),
-             as_json=_JSON.value)
-    return
-
-  workdir = _need(_WORKDIR.value, 'workdir', '/tmp/run')
-  config = _CONFIG.value
-  from sparse_tubes import run
-  try:
-    config = run.resolve_config(config, workdir)
-  except FileNotFoundError as e:
-    raise app.UsageError(str(e)) from None
-  if command == 'convert':
-    from sparse_tubes import convert
-    result = convert.export_hf(config, workdir, _need(_OUTPUT.value, 'output', '/tmp/hf_model'),
-                               dataset=_DATASET.value, step=_STEP.value)
-    print(f"Exported step {result['step']} (head '{result['dataset']}', {result['num_labels']} "
-          f"labels) to {result['output']}", flush=True)
-    return
-  if command == 'predict':
-    from sparse_tubes import predict
-    result = predict.predict(config, workdir, _need(_INPUT.value, 'input', 'video.mp4'),
-                             top_k=_TOP_K.value, save_logits=_SAVE_LOGITS.value,
-                             dataset=_DATASET.value, step=_STEP.value, fps=_FPS.value)
-    print(predict.format_result(result), flush=True)
-    return
-  if command == 'train':
-    from sparse_tubes.train import loop
-    config, target = run.train_target(config, workdir)
-    if target != workdir:
-      print(f'{workdir} holds a converted checkpoint: training from it '
-            f'(config.init_from.kind=checkpoint) into {target}', flush=True)
-      workdir = target
-    from sparse_tubes.train import nonfinite, workdir_lock
-    try:
-      summary = loop.train(config, workdir)
-    except (nonfinite.NonFiniteError, workdir_lock.WorkdirLocked, run.CheckpointError) as e:
-      raise SystemExit(f'Error: {e}') from None  # One line and a non-zero exit code.
-    print(f"Trained to step {summary['step']}; checkpoints in {os.path.join(workdir, 'checkpoints')}",
-          flush=True)
-  elif command == 'evaluate':
-    from sparse_tubes import evaluate
-    try:
-      checkpoint = evaluate.parse_checkpoint(_CHECKPOINT.value, _STEP.value)
-    except ValueError as e:
-      raise app.UsageError(str(e)) from None
-    try:
-      evaluate.evaluate_checkpoints(
-          config, workdir, checkpoint, force=_FORCE.value, watch_timeout=_WATCH_TIMEOUT.value,
-          save_predictions=_SAVE_PREDICTIONS.value,
-          on_result=lambda s: print(evaluate.results_table(s), flush=True))
-    except (run.CheckpointError, FileNotFoundError) as e:
-      raise SystemExit(f'Error: {e}') from None
+  importlib.import_module(f'sparse_tubes.commands.{command}').main(flags.FLAGS, rest)
 
 
 def check_overrides(argv) -> None:

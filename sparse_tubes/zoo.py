@@ -12,7 +12,8 @@ import math
 
 import ml_collections
 
-from sparse_tubes import defaults, tpus
+from sparse_tubes import defaults
+from sparse_tubes import chips
 
 # ViT backbones (ViT paper Table 1; TubeViT Table 11; ViViT §4.1: B 12x768x12, L 24x1024x16,
 # H 32x1280x16).
@@ -50,6 +51,14 @@ TRAIN_EXAMPLES = {
 
 # TubeViT's main tube set, (t, h, w) order (paper §4.1 and Table 12). The last is the
 # 2D patch shared with images. 539 tokens on 32x224x224 (the paper says 559: see tokenizers.py).
+# The Kinetics-400 configs of the three papers' main results (configs/kinetics400/<name>.py): what
+# `bench zoo` runs and the plan tests compile. The other files there are attention ablations.
+KINETICS400_PAPER = tuple(f'kinetics400/{n}' for n in (
+    'tubevit_b', 'tubevit_l', 'tubevit_h', 'vivit_b16x2_m1', 'vivit_b16x2_fe', 'vivit_b16x2_m3',
+    'vivit_b16x2_m4', 'vivit_l16x2_fe', 'timesformer_divst', 'timesformer_hr', 'timesformer_l'))
+# One tiny config per family (configs/synthetic/): the same code paths on a CPU in seconds.
+SYNTHETIC_TINY = ('synthetic/tubevit_tiny', 'synthetic/vivit_tiny', 'synthetic/timesformer_tiny')
+
 TUBEVIT_TUBES = (
     ((8, 8, 8), (16, 32, 32), (0, 0, 0)),
     ((16, 4, 4), (6, 32, 32), (4, 8, 8)),
@@ -143,13 +152,13 @@ def tpu(c: ml_collections.ConfigDict, topology: str, *, remat=True, microbatches
   scanned blocks (compile time independent of depth), remat (activations recomputed in the backward
   pass), micro-batches (gradient accumulation) and FSDP (parameters and optimizer state sharded
   over the chips instead of replicated)."""
-  chips = tpus.parse(topology).chips
+  n_chips = chips.parse(topology).chips
   for name, ds in c.datasets.items():
-    if ds.batch_size % chips:
+    if ds.batch_size % n_chips:
       raise ValueError(f'zoo.tpu: {name} batch_size={ds.batch_size} does not split over the '
-                       f'{chips} chips of {topology}; pick a slice whose chips divide it.')
+                       f'{n_chips} chips of {topology}; pick a slice whose chips divide it.')
     # Evaluation batches are whole videos' views, as many per chip (the averages are the same).
-    ds.eval_batch_size = math.lcm(ds.eval_batch_size, chips)
+    ds.eval_batch_size = math.lcm(ds.eval_batch_size, n_chips)
   c.topology = topology
   c.model.dtype = 'bfloat16'
   c.model.scan_layers = True

@@ -2,7 +2,8 @@
 import pytest
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import run
+from sparse_tubes import validation
+from sparse_tubes import workdir as workdir_lib
 
 TINY = 'configs/synthetic/tubevit_tiny.py'
 
@@ -12,8 +13,8 @@ def load(**kw):
 
 
 def test_tiny_config_is_valid():
-  config_lib.validate(load(), num_devices=1, process_count=1)
-  config_lib.validate(load(), num_devices=8, process_count=1)
+  validation.validate(load(), num_devices=1, process_count=1)
+  validation.validate(load(), num_devices=8, process_count=1)
 
 
 def test_load_rejects_unknown_override():
@@ -26,7 +27,7 @@ def test_unknown_top_level_key():
   c.unlock()
   c.optimzer = 1
   with pytest.raises(ValueError, match=r'config\.optimzer'):
-    config_lib.validate(c, num_devices=1, process_count=1)
+    validation.validate(c, num_devices=1, process_count=1)
 
 
 def test_unknown_dataset_key():
@@ -34,7 +35,7 @@ def test_unknown_dataset_key():
   c.unlock()
   c.datasets.shapes_video.num_frame = 8
   with pytest.raises(ValueError, match=r'config\.datasets\.shapes_video\.num_frame'):
-    config_lib.validate(c, num_devices=1, process_count=1)
+    validation.validate(c, num_devices=1, process_count=1)
 
 
 @pytest.mark.parametrize('overrides,devices,match', [
@@ -51,18 +52,18 @@ def test_unknown_dataset_key():
 ])
 def test_inconsistent_settings(overrides, devices, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(load(**overrides), num_devices=devices, process_count=1)
+    validation.validate(load(**overrides), num_devices=devices, process_count=1)
 
 
 def test_tube_that_does_not_fit_the_clip_names_the_tube():
   # Tube 0 spans 8 frames; a 4-frame clip cannot hold it.
   with pytest.raises(ValueError, match=r'shapes_video.*config\.model\.tubes\[0\]'):
-    config_lib.validate(load(datasets__shapes_video__num_frames=4), num_devices=1, process_count=1)
+    validation.validate(load(datasets__shapes_video__num_frames=4), num_devices=1, process_count=1)
 
 
 def test_epochs_count_over_the_first_dataset():
   c = load(num_epochs=2.0, optimizer__warmup_steps=10)
-  config_lib.validate(c, num_devices=1, process_count=1)
+  validation.validate(c, num_devices=1, process_count=1)
   # shapes_image sorts first: 2 epochs of 2048 images at batch 16.
   assert config_lib.total_steps(c, {'shapes_image': 2048, 'shapes_video': 2048}) == 256
   assert config_lib.total_steps(load(), {'shapes_image': 2048, 'shapes_video': 2048}) == 600
@@ -91,7 +92,7 @@ def test_typo_in_a_config_file_fails_fast_naming_the_closest_key(tmp_path):
   start = time.time()
   with pytest.raises(ValueError, match=r'^Unknown config key config\.model\.atention; did you mean '
                                        r'config\.model\.attention\?$'):
-    config_lib.validate(config_lib.load(str(path)), num_devices=1, process_count=1)
+    validation.validate(config_lib.load(str(path)), num_devices=1, process_count=1)
   assert time.time() - start < 5
 
 
@@ -105,14 +106,14 @@ def test_unknown_override_names_the_closest_key():
 
 def test_workdir_config_json_with_an_unknown_key_is_rejected(tmp_path):
   import json
-  run.save_workdir(load(), str(tmp_path))
-  config_lib.validate(run.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
-  path = tmp_path / run.WORKDIR_CONFIG
+  workdir_lib.save_workdir(load(), str(tmp_path))
+  validation.validate(workdir_lib.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
+  path = tmp_path / workdir_lib.WORKDIR_CONFIG
   saved = json.loads(path.read_text())
   saved['model']['atention'] = 'divided'
   path.write_text(json.dumps(saved))
   with pytest.raises(ValueError, match=r'config\.model\.atention; did you mean config\.model\.attention'):
-    config_lib.validate(run.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
+    validation.validate(workdir_lib.load_workdir(str(tmp_path)), num_devices=1, process_count=1)
 
 
 def test_nested_unknown_keys_outside_the_model():
@@ -120,7 +121,7 @@ def test_nested_unknown_keys_outside_the_model():
   c.unlock()
   c.mixup.mixup_alpa = 0.2
   with pytest.raises(ValueError, match=r'config\.mixup\.mixup_alpa; did you mean config\.mixup\.mixup_alpha'):
-    config_lib.validate(c, num_devices=1, process_count=1)
+    validation.validate(c, num_devices=1, process_count=1)
 
 
 def test_every_model_key_has_a_default_in_base():
@@ -146,7 +147,7 @@ def test_every_model_key_has_a_default_in_base():
 ])
 def test_model_values_of_the_wrong_type_or_out_of_range(overrides, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(load(**overrides), num_devices=1, process_count=1)
+    validation.validate(load(**overrides), num_devices=1, process_count=1)
 
 
 @pytest.mark.parametrize('overrides,match', [
@@ -161,7 +162,7 @@ def test_model_values_of_the_wrong_type_or_out_of_range(overrides, match):
 ])
 def test_impossible_model_combinations(overrides, match):
   with pytest.raises(ValueError, match=match):
-    config_lib.validate(load(**overrides), num_devices=1, process_count=1)
+    validation.validate(load(**overrides), num_devices=1, process_count=1)
 
 
 def test_model_config_fills_defaults_and_names():

@@ -19,9 +19,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from sparse_tubes import config as config_lib
-from sparse_tubes import predict, run
-from sparse_tubes.train import loop, metrics, nonfinite, sharding, workdir_lock
+from sparse_tubes import validation
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes import workdir as workdir_lib
+from sparse_tubes.commands import predict
+from sparse_tubes.commands import train as train_cmd
+from sparse_tubes.train import metrics, nonfinite, sharding, workdir_lock
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6  # tiny_config: total_steps=6, log_every_steps=1, checkpoint_every_steps=3
@@ -48,7 +51,7 @@ def cache_dir(tmp_path_factory):
 def baseline(cache_dir, make_config, tmp_path_factory):
   """An uninterrupted run: its workdir (checkpoints 3 and 6) and its losses per step."""
   workdir = str(tmp_path_factory.mktemp('baseline'))
-  loop.train(make_config(), workdir)
+  train_cmd.train(make_config(), workdir)
   return workdir, losses(workdir)
 
 
@@ -69,7 +72,7 @@ def assert_same_losses(workdir, baseline):
 
 
 def steps(workdir):
-  return run.Checkpointer(workdir, read_only=True).all_steps()
+  return ckpt_lib.Checkpointer(workdir, read_only=True).all_steps()
 
 
 def copy_run(baseline, tmp_path) -> str:
@@ -102,7 +105,7 @@ def nan_inputs(at_steps, dataset='shapes_video'):
 def test_nan_input_stops_naming_step_dataset_and_good_checkpoint(baseline, make_config, tmp_path):
   workdir = str(tmp_path)
   with nan_inputs({5}), pytest.raises(nonfinite.NonFiniteError) as e:
-    loop.train(make_config(), workdir)
+    train_cmd.train(make_config(), workdir)
   message = str(e.value)
   assert 'step 5' in message and 'shapes_video' in message and 'shapes_image' not in message
   assert 'last good checkpoint is step 3' in message
@@ -110,14 +113,14 @@ def test_nan_input_stops_naming_step_dataset_and_good_checkpoint(baseline, make_
   assert sorted(losses(workdir)) == [1, 2, 3, 4, 5]  # The bad step's metrics are written.
   assert not os.path.exists(os.path.join(workdir, workdir_lock.LOCK))
   # Training again resumes from the good checkpoint and matches the uninterrupted run.
-  loop.train(make_config(), workdir)
+  train_cmd.train(make_config(), workdir)
   assert_same_losses(workdir, baseline)
 
 
 def test_huge_learning_rate_exits_nonzero_and_keeps_finite_checkpoints(baseline, make_config,
                                                                       tmp_path):
   workdir = str(tmp_path)
-  run.save_workdir(make_config(), workdir, command='train')
+  workdir_lib.save_workdir(make_config(), workdir, command='train')
   proc = subprocess.run(
       [sys.executable, '-m', 'sparse_tubes', 'train', f'--workdir={workdir}',
        f'--config={workdir}/config.py', '--config.optimizer.learning_rate=1e8'],
@@ -127,7 +130,7 @@ def test_huge_learning_rate_exits_nonzero_and_keeps_finite_checkpoints(baseline,
   assert last.startswith('Error: Training stopped at step 4: the loss of dataset'), last
   assert 'last good checkpoint is step 3' in last and 'learning_rate' in last
   assert steps(workdir) == [3]
-  ckpt = run.Checkpointer(workdir, read_only=True)
+  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
   assert ckpt.readable_steps() == [3]  # Finite parameters: keep-N deleted nothing good.
   assert sorted(losses(workdir)) == [1, 2, 3, 4]
   assert not np.isfinite(losses(workdir)[4])
@@ -135,7 +138,7 @@ def test_huge_learning_rate_exits_nonzero_and_keeps_finite_checkpoints(baseline,
 
 def _opt_counts(workdir, step):
   tree = ocp.StandardCheckpointer().restore(
-      os.path.join(run.checkpoint_dir(workdir), str(step), 'train_state'))
+      os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step), 'train_state'))
   leaves = jax.tree_util.tree_flatten_with_path(tree['opt_state'])[0]
   return {int(v) for p, v in leaves if 'count' in jax.tree_util.keystr(p)}
 
@@ -143,17 +146,17 @@ def _opt_counts(workdir, step):
 def test_skip_leaves_state_unchanged_and_stops_after_n_in_a_row(baseline, make_config, tmp_path):
   workdir = str(tmp_path / 'skip')
   with nan_inputs({2}):
-    summary = loop.train(make_config(on_nonfinite='skip'), workdir)
+    summary = train_cmd.train(make_config(on_nonfinite='skip'), workdir)
   assert summary['step'] == STEPS
   rows = {r['step']: r for r in metrics.read_jsonl(os.path.join(workdir, 'tensorboard'))
           if 'train/skipped' in r}
   assert [rows[s]['train/skipped'] for s in sorted(rows)] == [0, 1, 0, 0, 0, 0]
   assert _opt_counts(workdir, 3) == {2}  # 3 steps, 2 updates: the optimizer state did not move.
-  assert run.Checkpointer(workdir, read_only=True).readable_steps() == [3, 6]
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).readable_steps() == [3, 6]
 
   workdir = str(tmp_path / 'stops')
   with nan_inputs({2, 3, 4, 5, 6}), pytest.raises(nonfinite.NonFiniteError) as e:
-    loop.train(make_config(on_nonfinite='skip', max_nonfinite_skips=2), workdir)
+    train_cmd.train(make_config(on_nonfinite='skip', max_nonfinite_skips=2), workdir)
   assert '2 non-finite steps in a row up to step 3' in str(e.value)
   assert 'last good checkpoint is none' in str(e.value) and steps(workdir) == []
 
@@ -164,13 +167,14 @@ CHILD = """
 import sys, time
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from sparse_tubes.train import loop, metrics
+from sparse_tubes.commands import train as train_cmd
+from sparse_tubes.train import metrics
 flush = metrics.MetricWriter.flush
 def slow_flush(self):  # A step every ~0.5 s, so a signal lands where the test says.
   flush(self)
   time.sleep(0.5)
 metrics.MetricWriter.flush = slow_flush
-loop.train(tiny_config({data!r}), {workdir!r})
+train_cmd.train(tiny_config({data!r}), {workdir!r})
 """
 
 
@@ -211,7 +215,7 @@ def test_killed_run_resumes_exactly(sig, at, baseline, make_config, tiny_data_di
       with open(os.path.join(workdir, 'config.json')) as f:
         config_json = f.read()
       with pytest.raises(workdir_lock.WorkdirLocked, match=f'pid {proc.pid}'):
-        loop.train(make_config(seed=1), workdir)
+        train_cmd.train(make_config(seed=1), workdir)
       with open(os.path.join(workdir, 'config.json')) as f:
         assert f.read() == config_json
     wait_for_step(proc, at)
@@ -223,14 +227,14 @@ def test_killed_run_resumes_exactly(sig, at, baseline, make_config, tiny_data_di
   assert logged[:at] == list(range(1, at + 1))  # Every logged step is on disk.
   if sig == signal.SIGTERM:
     assert proc.returncode == 0, out[-2000:]
-    stop = run.Checkpointer(workdir, read_only=True).latest_step()
+    stop = ckpt_lib.Checkpointer(workdir, read_only=True).latest_step()
     assert stop >= at and 'preemption' in out.lower()
     assert logged == list(range(1, stop + 1))  # Pending metrics written before the exit.
   else:
     assert proc.returncode == -signal.SIGKILL
     assert set(steps(workdir)) <= {3, 6}
   capsys.readouterr()
-  loop.train(make_config(), workdir)
+  train_cmd.train(make_config(), workdir)
   if sig == signal.SIGKILL:  # The dead run's lock is taken over.
     assert 'taking over the stale lock' in capsys.readouterr().out
   assert_same_losses(workdir, baseline)
@@ -255,7 +259,7 @@ def test_stale_and_live_locks(tmp_path):
 # ---------------------------------------------------------------------------- damaged checkpoints
 
 def _damage(workdir, step, kind):
-  path = os.path.join(run.checkpoint_dir(workdir), str(step))
+  path = os.path.join(ckpt_lib.checkpoint_dir(workdir), str(step))
   if kind == 'truncated params':
     for root, _, files in os.walk(os.path.join(path, 'params')):
       for name in files:
@@ -276,12 +280,12 @@ def test_damaged_latest_checkpoint(kind, baseline, make_config, tmp_path, capsys
   workdir = copy_run(baseline, tmp_path)
   _damage(workdir, 6, kind)
   config = make_config()
-  with pytest.raises(run.CheckpointError) as e:  # evaluate: which step, why, and what to pass.
-    run.restore_params(config, workdir)
+  with pytest.raises(ckpt_lib.CheckpointError) as e:  # evaluate: which step, why, and what to pass.
+    ckpt_lib.restore_params(config, workdir)
   message = str(e.value)
   assert 'step 6' in message and 'readable steps [3]' in message and '\n' not in message
   capsys.readouterr()
-  loop.train(config, workdir)  # train: one line, falls back to step 3, redoes 4-6 exactly.
+  train_cmd.train(config, workdir)  # train: one line, falls back to step 3, redoes 4-6 exactly.
   out = capsys.readouterr().out
   assert [l for l in out.splitlines() if 'unreadable' in l][0].startswith('Checkpoint step 6 ')
   assert 'Resuming from step 3' in out
@@ -295,12 +299,12 @@ def test_damaged_latest_checkpoint(kind, baseline, make_config, tmp_path, capsys
 @pytest.mark.parametrize('key', ['checkpoint_every_steps', 'log_every_steps'])
 def test_zero_intervals_fail_validation(key, make_config):
   with pytest.raises(ValueError, match=f'config.{key}=0 must be >= 1'):
-    config_lib.validate(make_config(**{key: 0}))
+    validation.validate(make_config(**{key: 0}))
 
 
 def test_evaluate_unknown_step_lists_steps(baseline, make_config):
   with pytest.raises(FileNotFoundError, match=r'--step=999: .* its steps are \[3, 6\]'):
-    run.restore_params(make_config(), baseline[0], 999)
+    ckpt_lib.restore_params(make_config(), baseline[0], 999)
 
 
 @pytest.mark.parametrize('clips,match', [

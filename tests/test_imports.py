@@ -86,6 +86,52 @@ def test_no_import_cycles():
       f'{a} (line {graph[a][b]})' for a, b in zip(cycle, cycle[1:])) + f' -> {cycle[-1]}'
 
 
+def closure(graph: dict[str, dict[str, int]], start: str) -> set[str]:
+  """Every module `start` imports, directly or through others."""
+  seen, todo = set(), [start]
+  while todo:
+    for n in graph[todo.pop()]:
+      if n not in seen:
+        seen.add(n)
+        todo.append(n)
+  return seen
+
+
+COMMAND = 'sparse_tubes.commands'
+
+
+def test_no_library_imports_a_command():
+  """Commands (sparse_tubes/commands/) sit on top: main.py dispatches to them, they use the
+  libraries, and no library, nor another command, imports one."""
+  graph = import_graph()
+  for name, targets in graph.items():
+    if name in ('sparse_tubes.main', 'sparse_tubes.__main__', COMMAND):
+      continue
+    bad = [t for t in targets if t.startswith(COMMAND + '.') and t != COMMAND]
+    assert not bad, f'{name} imports the command module(s) {bad} (line {targets[bad[0]]})'
+
+
+def test_train_does_not_call_back_up():
+  """Nothing under sparse_tubes/train/ imports a module that itself (directly or through others)
+  imports sparse_tubes/train/: the training primitives are a layer below what uses them."""
+  graph = import_graph()
+  train = [m for m in graph if m.startswith('sparse_tubes.train.')]
+  for name in train:
+    for target, line in graph[name].items():
+      if target.startswith('sparse_tubes.train'):
+        continue
+      back = sorted(m for m in closure(graph, target) if m in train)
+      assert not back, (f'{name} (line {line}) imports {target}, which imports {back[0]}: '
+                        'train/ calls back up into a module that uses it')
+
+
+def test_the_layer_checks_catch_a_violation():
+  graph = {'sparse_tubes.train.step': {'sparse_tubes.multiview': 3},
+           'sparse_tubes.multiview': {'sparse_tubes.train.sharding': 5},
+           'sparse_tubes.train.sharding': {}}
+  assert closure(graph, 'sparse_tubes.multiview') == {'sparse_tubes.train.sharding'}
+
+
 def test_the_checker_finds_a_function_level_cycle():
   graph = {'a': {'b': 1}, 'b': {'c': 3}, 'c': {'a': 7}, 'd': {'a': 2}}
   assert find_cycle(graph) == ['a', 'b', 'c', 'a']
@@ -93,9 +139,10 @@ def test_the_checker_finds_a_function_level_cycle():
   assert find_cycle(graph) is None
 
 
-@pytest.mark.parametrize('module', ['sparse_tubes.run', 'sparse_tubes.train.loop',
-                                    'sparse_tubes.evaluate', 'sparse_tubes.predict',
-                                    'sparse_tubes.convert', 'sparse_tubes.info'])
+@pytest.mark.parametrize('module', ['sparse_tubes.workdir', 'sparse_tubes.checkpoints',
+                                    'sparse_tubes.commands.train', 'sparse_tubes.commands.bench',
+                                    'sparse_tubes.commands.evaluate', 'sparse_tubes.commands.predict',
+                                    'sparse_tubes.commands.convert', 'sparse_tubes.commands.info'])
 def test_commands_do_not_import_torch(module):
   """torch is read only where PyTorch files are (pretrained/weights.py, inside a function)."""
   import subprocess

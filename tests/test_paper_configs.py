@@ -13,7 +13,9 @@ import os
 import pytest
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import info, run
+from sparse_tubes import validation
+from sparse_tubes.data import sources
+from sparse_tubes.models import costs
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DIRS = ('kinetics400', 'kinetics600', 'kinetics700', 'ssv2', 'imagenet')
@@ -85,7 +87,7 @@ _SUMMARIES = {}
 def summary(path: str) -> dict:
   if path not in _SUMMARIES:
     config = config_lib.load(_spec(path))
-    _SUMMARIES[path] = info.summarize(config, activations=False)
+    _SUMMARIES[path] = costs.summarize(config, activations=False)
   return _SUMMARIES[path]
 
 
@@ -115,14 +117,14 @@ def test_there_are_paper_configs():
 @pytest.mark.parametrize('path', CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
 def test_config_loads_and_validates(path):
   config = config_lib.load(path)
-  config_lib.validate(config, num_devices=1, process_count=1)
-  run.num_classes(config)  # every dataset's class count is known without the data
+  validation.validate(config, num_devices=1, process_count=1)
+  sources.num_classes(config)  # every dataset's class count is known without the data
   for ds in config.datasets.values():
     assert ds.tfds_name in ('kinetics400', 'kinetics600', 'kinetics700', 'ssv2', 'imagenet2012')
   if config.model.name == 'tubevit':  # and TubeViT's image+video co-training variant
     cotrain = config_lib.load(path + ':cotrain')
-    config_lib.validate(cotrain, num_devices=1, process_count=1)
-    assert set(run.num_classes(cotrain).values()) >= {1000}
+    validation.validate(cotrain, num_devices=1, process_count=1)
+    assert set(sources.num_classes(cotrain).values()) >= {1000}
 
 
 def _rows(heavy: bool):
@@ -163,6 +165,6 @@ def test_same_model_across_datasets_differs_by_the_head_only():
   """TubeViT-B on Kinetics-600 = on Kinetics-400 plus 200 more classes in the head."""
   a = config_lib.load(_spec('kinetics400/tubevit_b'))
   b = config_lib.load(_spec('kinetics600/tubevit_b'))
-  pa = info.param_counts(info.abstract_model(a.model, run.num_classes(a))[1])
-  pb = info.param_counts(info.abstract_model(b.model, run.num_classes(b))[1])
+  pa = costs.param_counts(costs.abstract_model(a.model, sources.num_classes(a))[1])
+  pb = costs.param_counts(costs.abstract_model(b.model, sources.num_classes(b))[1])
   assert pb['total'] - pa['total'] == 200 * (768 + 1)

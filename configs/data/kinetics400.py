@@ -3,7 +3,7 @@ a short side jittered in [256, 320], RandAugment 2/9, 4 x 3 eval views) plus Ima
 co-training, and TubeViT-B as the model they are for (`bench data` sizes the host from it).
 
   python -m sparse_tubes prepare kinetics400 --manual_dir=/data/k400 --data_dir=/data/tfds
-  python -m sparse_tubes.bench data --config=configs/data/kinetics400.py
+  python -m sparse_tubes bench data --config=configs/data/kinetics400.py
 """
 from sparse_tubes import defaults
 from sparse_tubes import zoo

@@ -45,6 +45,7 @@ cuDNN (what jax 0.10's `jax._src.cudnn.fused_attention_stablehlo` checks, and wh
   * layout: BTNH (ours) and BNTH are accepted; the sequence and head_dim axes must not be sharded
     (we run it under shard_map over batch and heads). GQA (fewer k/v heads) is accepted; unused.
 """
+import contextlib
 import functools
 
 import jax
@@ -127,9 +128,31 @@ def _log_once(level, key, msg: str, *args):
     logging.log(level, msg, *args)
 
 
+_CHOICES: list[dict] = []   # open `recording_choices` records, innermost last
+
+
+@contextlib.contextmanager
+def recording_choices():
+  """{implementation: calls} of every attention traced inside the block (what `bench` reports as
+  the kernel a config runs)."""
+  record = {}
+  _CHOICES.append(record)
+  try:
+    yield record
+  finally:
+    _CHOICES.remove(record)
+
+
 def resolve_impl(impl: str, q=None, k=None) -> str:
   """The implementation one call uses; with q and k given, 'auto' and 'cudnn' look at their shapes
   and dtype ('cudnn' falls back to 'xla' where cuDNN cannot serve, with a warning)."""
+  choice = _resolve(impl, q, k)
+  for record in _CHOICES:
+    record[choice] = record.get(choice, 0) + 1
+  return choice
+
+
+def _resolve(impl: str, q, k) -> str:
   check_impl(impl)
   if impl not in ('auto', 'cudnn'):
     return impl

@@ -26,7 +26,7 @@ from jax.experimental import multihost_utils
 
 from sparse_tubes import config as config_lib
 from sparse_tubes import defaults as defaults_lib
-from sparse_tubes import run
+from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes.pretrained import inflate as inflate_lib
 from sparse_tubes.pretrained import vit as vit_lib
 from sparse_tubes.pretrained import weights
@@ -153,12 +153,12 @@ def initial_params(config, params: dict) -> tuple[dict, list[str]]:
     params, lines = inflate_lib.inflate(vit, params, config.model, init)
     report += lines
   elif kind == 'checkpoint':
-    src = run.read_params(init.path, int(init.get('step', -1)))
+    src = ckpt_lib.read_params(init.path, int(init.get('step', -1)))
     report.append(f'init_from checkpoint {init.path}')
     params, lines = merge_checkpoint(src, params, keep_heads=bool(init.get('keep_heads', False)))
     report += lines
   if init.get('tubes_from', ''):
-    src = run.read_params(init.tubes_from)
+    src = ckpt_lib.read_params(init.tubes_from)
     params, lines = take_tubes(src, params, config.model, kind=init.get('tube_projection',
                                                                          'orthogonal'),
                                seed=int(config.get('seed', 0)))

@@ -69,7 +69,9 @@ def slice_of(device) -> int:
   """The slice a device is in: its `slice_index` on TPU. Elsewhere (CPU, GPU; their devices carry
   slice_index 0 or none) each process stands for a slice, as create_hybrid_device_mesh takes it with
   process_is_granule=True: how launch/local.py emulates slices."""
-  return device.slice_index if device.platform == 'tpu' else device.process_index
+  if device.platform == 'tpu':   # compile-only (ahead-of-time) TPU devices may carry no slice_index
+    return getattr(device, 'slice_index', 0)
+  return device.process_index
 
 
 def make_mesh(mesh_cfg, devices: Sequence[jax.Device] | None = None) -> Mesh:

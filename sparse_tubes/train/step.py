@@ -1,7 +1,8 @@
 """The jitted train and eval steps. One step sees one batch from EVERY dataset of the mix; each
 dataset goes through its own head and its loss is weighted by `loss_weight` (TubeViT App. A:
 joint image+video training computes each example's loss on its dataset's head)."""
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +10,7 @@ import optax
 from flax import nnx
 
 from sparse_tubes.models import partitioning
-from sparse_tubes.train import mixup
+from sparse_tubes.train import mixup, optim, sharding, state as state_lib
 
 
 def targets(labels, num_classes: int, label_smoothing: float):
@@ -121,3 +122,40 @@ def make_eval_step(graphdef, dataset: str):
     return {**{k: v for k, v in batch.items() if k != 'inputs'},
             'logits': logits.astype(jnp.float32)}
   return eval_step
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainProgram:
+  """What `build` gives: the jitted train step and everything it was built from."""
+  step: Callable                  # jax.jit(state, batch) -> (state, metrics); donates the state
+  spec: state_lib.ModelSpec
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  frozen: tuple[str, ...]         # parameter names config.freeze keeps fixed
+  shardings: dict                 # of the state
+
+  def abstract_state(self, mesh):
+    return state_lib.abstract_state(self.spec, self.tx, mesh)
+
+  def compile(self, state, batch):
+    """The step lowered and compiled for these (possibly abstract) arguments."""
+    return self.step.lower(state, batch).compile()
+
+
+def build(config, classes: Mapping[str, int], mesh, rules, total_steps: int) -> TrainProgram:
+  """The one train step of a config: `train` runs it, `bench step` times it and `plan` compiles it
+  for a TPU slice. Model and shardings from the config's mesh and rules, the optimizer with its
+  schedule over `total_steps` and frozen parameters (config.freeze), micro-batches
+  (config.microbatches), and the non-finite guard (config.on_nonfinite)."""
+  spec = state_lib.model_spec(config.model, classes, mesh, rules)
+  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
+  tx, frozen = optim.with_freeze(tx, spec.abstract_params, config.freeze)
+  train_step = make_train_step(
+      spec.graphdef, tx, schedule, config.datasets, classes,
+      label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup,
+      microbatches=config.microbatches)
+  train_step = guard_nonfinite(train_step, skip=config.on_nonfinite == 'skip')
+  shardings = state_lib.state_shardings(spec, tx, mesh)
+  train_step = jax.jit(train_step, in_shardings=(shardings, None),
+                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  return TrainProgram(train_step, spec, tx, schedule, tuple(frozen), shardings)

@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from sparse_tubes import run
+from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -63,7 +63,7 @@ def results(workdir: str):
   losses = {r['step']: r['train/loss'] for r in rows if 'train/loss' in r}
   evals = [{k: v for k, v in r.items() if k.startswith('eval/')} for r in rows
            if any(k.startswith('eval/') for k in r)]
-  return [losses[s] for s in sorted(losses)], evals[-1], run.read_params(workdir)
+  return [losses[s] for s in sorted(losses)], evals[-1], ckpt_lib.read_params(workdir)
 
 
 @pytest.mark.slow
@@ -82,7 +82,7 @@ def test_two_processes_match_one_through_a_preemption(tiny_data_dir, tmp_path):
   assert out2.count('Stopped by preemption at step') == 1, out2   # only process 0 prints
   stop = int(out2.split('Stopped by preemption at step ')[1].split(';')[0])
   assert 2 <= stop < STEPS
-  ckpt = run.Checkpointer(two, read_only=True)
+  ckpt = ckpt_lib.Checkpointer(two, read_only=True)
   assert ckpt.all_steps() == [stop]
   data = os.path.join(ckpt.directory, str(stop), 'data_shapes_video')
   assert sorted(f for f in os.listdir(data) if f.endswith('.json')) == [

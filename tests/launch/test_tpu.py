@@ -6,7 +6,7 @@ import sys
 import pytest
 import yaml
 
-from sparse_tubes import tpus
+from sparse_tubes import chips
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, 'launch'))
@@ -83,13 +83,13 @@ def test_accelerator_types_and_topologies():
   cases = {'v5litepod-16': ('v5e:4x4', 4), 'v5litepod-8': ('v5e:2x4', 1), 'v4-32': ('v4:2x2x4', 4),
            'v4-8': ('v4:2x2x1', 1), 'v5p-64': ('v5p:2x4x4', 8), 'v6e-256': ('v6e:16x16', 64)}
   for accelerator, (name, hosts) in cases.items():
-    topo = tpus.from_accelerator_type(accelerator)
+    topo = chips.from_accelerator_type(accelerator)
     assert (topo.name, topo.hosts, topo.accelerator_type) == (name, hosts, accelerator)
-    assert tpus.parse(name) == topo
+    assert chips.parse(name) == topo
   with pytest.raises(ValueError, match='GENERATION:GRID'):
-    tpus.parse('v5e-16')
+    chips.parse('v5e-16')
   with pytest.raises(ValueError, match='2D grid'):
-    tpus.parse('v5e:2x2x2')
+    chips.parse('v5e:2x2x2')
 
 
 def test_gke_jobset_manifest(capsys):

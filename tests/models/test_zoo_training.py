@@ -11,8 +11,8 @@ import time
 import pytest
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import evaluate as evaluate_lib
-from sparse_tubes.train import loop
+from sparse_tubes.commands import evaluate as evaluate_lib
+from sparse_tubes.commands import train as train_cmd
 
 CONFIGS = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'synthetic')
 CHANCE = 1 / 8
@@ -84,7 +84,7 @@ def test_direction_of_motion_separates_the_patterns(name, video_data_dir, tmp_pa
   stem, overrides, learns = ZOO[name]
   start = time.time()
   c = zoo_config(stem, video_data_dir, **overrides)
-  loop.train(c, str(tmp_path))
+  train_cmd.train(c, str(tmp_path))
   top1 = evaluate_lib.evaluate(c, str(tmp_path))['datasets']['shapes_video']['top1']
   print(f'{name:28s} top-1 {top1:.3f}  ({time.time() - start:.0f} s)', flush=True)
   if learns:

@@ -3,9 +3,10 @@ import jax
 import numpy as np
 import pytest
 
-from sparse_tubes import defaults, run
+from sparse_tubes import defaults
+from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes.pretrained import inflate, init as init_lib, vit, weights
-from sparse_tubes.train import loop
+from sparse_tubes.commands import train as train_cmd
 import vit_helpers as H
 
 
@@ -41,13 +42,13 @@ def test_train_inflates_from_npz_and_freezes(tmp_path, make_config, capsys):
   config.freeze.patterns = ('^tokenizer/convs/3/',)
   config.freeze.layers_before = 1
   workdir = str(tmp_path / 'run')
-  loop.train(config, workdir)
+  train_cmd.train(config, workdir)
   out = capsys.readouterr().out
   assert 'init_from vit_npz' in out and 'parameter arrays from the image ViT' in out
   assert 'Frozen (config.freeze): 18 parameter arrays' in out
   assert 'encoder/blocks/0 (16 arrays), tokenizer/convs/3/bias, tokenizer/convs/3/kernel' in out
 
-  after = weights.flatten(run.read_params(workdir))
+  after = weights.flatten(ckpt_lib.read_params(workdir))
   # What the inflation gives for the same model, from scratch.
   from flax import nnx
   from sparse_tubes.models import video_vit

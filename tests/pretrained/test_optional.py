@@ -20,8 +20,8 @@ class Block:
     if name.split('.')[0] in ('torch', 'transformers', 'safetensors'):
       raise ImportError('blocked: ' + name)
 sys.meta_path.insert(0, Block())
-import sparse_tubes.main, sparse_tubes.train.loop, sparse_tubes.evaluate, sparse_tubes.predict
-import sparse_tubes.info, sparse_tubes.convert, sparse_tubes.pretrained.init
+import sparse_tubes.main, sparse_tubes.commands.train, sparse_tubes.commands.evaluate, sparse_tubes.commands.predict
+import sparse_tubes.commands.info, sparse_tubes.commands.convert, sparse_tubes.pretrained.init
 print('OK', sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))
 """
   out = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=120)

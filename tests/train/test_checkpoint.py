@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from sparse_tubes import run
-from sparse_tubes.train import loop
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes.commands import train as train_cmd
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -16,8 +16,8 @@ CHILD = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from sparse_tubes.train import loop
-loop.train(tiny_config({data!r}, total_steps=100000, checkpoint_every_steps=1, log_every_steps=1),
+from sparse_tubes.commands import train as train_cmd
+train_cmd.train(tiny_config({data!r}, total_steps=100000, checkpoint_every_steps=1, log_every_steps=1),
            {workdir!r})
 """
 
@@ -51,11 +51,11 @@ def test_killed_run_resumes(sig, tiny_data_dir, make_config, tmp_path):
     out, _ = proc.communicate(timeout=120)
   finally:
     proc.kill()
-  latest = run.Checkpointer(workdir, read_only=True).latest_step()
+  latest = ckpt_lib.Checkpointer(workdir, read_only=True).latest_step()
   assert latest is not None and latest >= 3
   if sig == signal.SIGTERM:
     assert proc.returncode == 0, out[-2000:]
     assert 'preemption' in out.lower()
   # Whatever the kill interrupted, the latest complete checkpoint restores and training goes on.
-  summary = loop.train(make_config(total_steps=latest + 2), workdir)
+  summary = train_cmd.train(make_config(total_steps=latest + 2), workdir)
   assert summary['step'] == latest + 2

@@ -9,7 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from sparse_tubes import evaluate, run
+from sparse_tubes.commands import evaluate
+from sparse_tubes import checkpoints as ckpt_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,15 +21,16 @@ jax.config.update('jax_cpu_collectives_implementation', 'gloo')
 jax.distributed.initialize('localhost:{port}', num_processes=2, process_id={pid})
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from sparse_tubes import evaluate
-from sparse_tubes.train import loop, workdir_lock
+from sparse_tubes.commands import evaluate
+from sparse_tubes.commands import train as train_cmd
+from sparse_tubes.train import workdir_lock
 config = tiny_config({data!r})
 try:  # A workdir another `train` holds: process 0 finds the lock, both processes stop.
-  loop.train(config, {locked!r})
+  train_cmd.train(config, {locked!r})
   locked = ''
 except workdir_lock.WorkdirLocked as e:
   locked = str(e)
-summary = loop.train(config, {workdir!r})
+summary = train_cmd.train(config, {workdir!r})
 result = evaluate.evaluate(config, {workdir!r}, save_predictions={workdir!r} + '/pred2.npz')
 every = evaluate.evaluate_checkpoints(config, {workdir!r}, 'all', force=True)
 print('RESULT ' + json.dumps(dict(process_count=jax.process_count(), loss=summary['train/loss'],
@@ -66,14 +68,14 @@ def test_two_processes_train_and_evaluate(tiny_data_dir, make_config, tmp_path):
   # --checkpoint=all on two processes: both steps, the same scores on both, the last = latest.
   assert [s for s, _ in results[0]['all']] == [3, 6] and results[0]['all'] == results[1]['all']
   assert results[0]['all'][-1][1] == pytest.approx(results[0]['video']['top1'])
-  # Process 0 alone prints progress lines (loop.train called directly, not through the CLI).
+  # Process 0 alone prints progress lines (train_cmd.train called directly, not through the CLI).
   progress = [[l for l in out.splitlines() if l.startswith('step ')] for out in outs]
   assert len(progress[0]) == 6 and progress[1] == [], outs[1][-2000:]
   # Both hosts computed the same global step and the same evaluation over every view.
   assert results[0]['loss'] == results[1]['loss']
   assert results[0]['video'] == results[1]['video']
   assert results[0]['video']['num_views'] == 16 * 2 * 3  # 16 test videos x 2 temporal x 3 spatial
-  assert run.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
   # One process evaluating the same checkpoint: the same videos, views and scores.
   one = evaluate.evaluate(make_config(), workdir, save_predictions=str(tmp_path / 'pred1.npz'))
   video = one['datasets']['shapes_video']

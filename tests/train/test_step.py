@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import validation
 from sparse_tubes.train import optim, sharding, state as state_lib, step as step_lib
 
 CLASSES = {'shapes_video': 8, 'shapes_image': 3}
@@ -45,4 +46,4 @@ def test_microbatches_match_the_whole_batch(make_config):
 
 def test_microbatches_must_divide_the_batch(make_config):
   with pytest.raises(ValueError, match=r'config.microbatches=3: .*batch_size=8'):
-    config_lib.validate(make_config(microbatches=3))
+    validation.validate(make_config(microbatches=3))

@@ -6,7 +6,7 @@
   convert --from=vit_npz     --input=X.npz    --config=CONFIG.py  --workdir=DIR
   convert --to=hf --workdir=DIR --output=HF_DIR [--dataset=NAME] [--step=N]
 
-The workdir gets a model-only checkpoint at step 0 (`run.write_params`), config.json (+ a
+The workdir gets a model-only checkpoint at step 0 (`ckpt_lib.write_params`), config.json (+ a
 config.py that loads it) and converted.json (source, which dataset's head holds the checkpoint's
 classifier, its class names). For HF and the official TimeSformer files the architecture comes
 from the checkpoint whatever its sizes; `--config` then only supplies the datasets and the recipe
@@ -27,8 +27,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from sparse_tubes import config as config_lib
-from sparse_tubes import defaults, run, zoo
+from sparse_tubes import validation
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes.train import sharding
+from sparse_tubes.data import sources
+from sparse_tubes import workdir as workdir_lib
+from sparse_tubes import defaults, zoo
 from sparse_tubes.pretrained import hf, timesformer_official, weights
 from sparse_tubes.pretrained import init as init_lib
 from sparse_tubes.train import state as state_lib
@@ -73,7 +77,7 @@ def build_config(imported: hf.Imported, base=None) -> tuple[ml_collections.Confi
     num_classes = {name: n or 1}
   else:
     c = ml_collections.ConfigDict(base.to_dict())
-    num_classes = run.num_classes(c)
+    num_classes = sources.num_classes(c)
   runtime = {k: base.model[k] for k in RUNTIME_KEYS if base is not None and k in base.model}
   model = {'dtype': 'float32', 'remat': False, **imported.model, **runtime}
   if imported.model['name'] == 'timesformer' and any(
@@ -111,8 +115,8 @@ def set_preprocessing(config, keys: dict) -> None:
 
 
 def _mesh_and_spec(config, num_classes):
-  mesh, rules = run.mesh_and_rules(config)
-  return mesh, rules, run.model_spec(config, num_classes, mesh, rules)
+  mesh, rules = sharding.mesh_and_rules(config)
+  return mesh, rules, state_lib.model_spec(config.model, num_classes, mesh, rules)
 
 
 def convert(source: str, input_path: str, workdir: str, config=None, *,
@@ -127,7 +131,7 @@ def convert(source: str, input_path: str, workdir: str, config=None, *,
   imported = load_source(source, input_path, num_heads=num_heads, num_frames=num_frames)
   cfg, num_classes, head = build_config(imported, config)
   if config is not None:
-    config_lib.validate(cfg)
+    validation.validate(cfg)
   mesh, rules, spec = _mesh_and_spec(cfg, num_classes)
   flat = dict(imported.params)
   for name, n in num_classes.items():
@@ -139,8 +143,8 @@ def convert(source: str, input_path: str, workdir: str, config=None, *,
       flat[f'heads/{name}/bias'] = np.zeros((n,), np.float32)
   params = weights.unflatten_like(spec.abstract_params, flat)
   params = jax.device_put(params, spec.param_shardings)
-  directory = run.write_params(workdir, params)
-  run.save_workdir(cfg, workdir, command='convert')
+  directory = ckpt_lib.write_params(workdir, params)
+  workdir_lib.save_workdir(cfg, workdir, command='convert')
   info = {'from': source, 'input': os.path.abspath(input_path), 'step': 0,
           'checkpoint_dir': directory, 'model': cfg.model.name,
           'attention': cfg.model.attention, 'head': head,
@@ -151,7 +155,7 @@ def convert(source: str, input_path: str, workdir: str, config=None, *,
   if imported.head is not None and not head:
     info['dropped_head'] = (f'the checkpoint classifies {imported.head[1].shape[0]} classes; no '
                             f'video dataset of the config has that many: its heads start at zero')
-  run.write_converted(workdir, info)
+  workdir_lib.write_converted(workdir, info)
   return info
 
 
@@ -163,22 +167,22 @@ def _convert_vit(input_path, workdir, config):
   cfg = ml_collections.ConfigDict(config.to_dict())
   cfg.init_from.update(kind='vit_npz', path=os.path.abspath(input_path))
   set_preprocessing(cfg, hf.PREPROCESSING['vit_npz'])
-  config_lib.validate(cfg)
+  validation.validate(cfg)
   init_lib.validate(cfg)
-  num_classes = run.num_classes(cfg)
+  num_classes = sources.num_classes(cfg)
   mesh, rules, spec = _mesh_and_spec(cfg, num_classes)
   params = state_lib.init_state(cfg.model, num_classes, spec, optax.identity(), mesh,
                                 cfg.seed)['params']
   params, report = init_lib.apply(cfg, params, spec.param_shardings)
-  directory = run.write_params(workdir, params)
+  directory = ckpt_lib.write_params(workdir, params)
   cfg.init_from.update(kind='', path='')  # the checkpoint holds the inflated weights
-  run.save_workdir(cfg, workdir, command='convert')
+  workdir_lib.save_workdir(cfg, workdir, command='convert')
   info = {'from': 'vit_npz', 'input': os.path.abspath(input_path), 'step': 0,
           'checkpoint_dir': directory, 'model': cfg.model.name, 'head': '',
           'num_classes': num_classes, 'labels': {}, 'report': report,
           'params': int(state_lib.param_count(spec.abstract_params)),
           'preprocessing': hf.PREPROCESSING['vit_npz']}
-  run.write_converted(workdir, info)
+  workdir_lib.write_converted(workdir, info)
   return info
 
 
@@ -186,9 +190,9 @@ def export_hf(config, workdir: str, output: str, *, dataset: str | None = None,
               step: int | None = None, layout: str = 'v5') -> dict:
   """A checkpoint of `workdir` -> HF config.json + model.safetensors in `output` (TimeSformer
   divided/joint/space-only, ViViT Model 1)."""
-  restored = run.restore_params(config, workdir, step)
+  restored = ckpt_lib.restore_params(config, workdir, step)
   params, num_classes, step = restored.params, restored.num_classes, restored.step
-  dataset = run.choose_head(config, num_classes, dataset)
+  dataset = workdir_lib.choose_head(config, num_classes, dataset)
   flat = {k: np.asarray(v) for k, v in weights.flatten(jax.device_get(params)).items()}
   if config.model.scan_layers:
     flat = weights.unstack_scanned(flat, int(config.model.num_layers))
@@ -200,7 +204,26 @@ def export_hf(config, workdir: str, output: str, *, dataset: str | None = None,
     print('note: HF space-only TimeSformer returns per-frame logits (LayerNorm per frame); this '
           'model averages class tokens before the LayerNorm, so the mean of HF logits differs '
           'slightly from ours.', flush=True)
-  labels = run.class_names(config, workdir, dataset, head[1].shape[0])
+  labels = workdir_lib.class_names(config, workdir, dataset, head[1].shape[0])
   hf.export(flat, model, output, head=head, labels=labels, layout=layout)
   return {'output': os.path.abspath(output), 'step': step, 'dataset': dataset,
           'num_labels': int(head[1].shape[0])}
+
+
+def main(flags, args):
+  from sparse_tubes.commands import config_and_workdir, need
+  if flags['to'].value is None:
+    result = convert(need(flags['from'].value, 'from', 'hf'),
+                     need(flags.input, 'input', '/models/timesformer-base'),
+                     need(flags.workdir, 'workdir', '/tmp/converted'), flags.config,
+                     num_heads=flags.num_heads)
+    print(f"Converted {result['input']} ({result['from']}, {result['model']}, "
+          f"{result.get('params', 0):,} parameters) into {result['checkpoint_dir']}"
+          + (f"; classifier -> head '{result['head']}'" if result.get('head') else '')
+          + (f"; {result['dropped_head']}" if result.get('dropped_head') else ''), flush=True)
+    return
+  config, workdir = config_and_workdir(flags)
+  result = export_hf(config, workdir, need(flags.output, 'output', '/tmp/hf_model'),
+                     dataset=flags.dataset, step=flags.step)
+  print(f"Exported step {result['step']} (head '{result['dataset']}', {result['num_labels']} "
+        f"labels) to {result['output']}", flush=True)

@@ -9,8 +9,9 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from sparse_tubes import config as config_lib  # noqa: E402
-from sparse_tubes import run  # noqa: E402
+from sparse_tubes import config as config_lib
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes import workdir as workdir_lib
 from tests.pretrained import hf_helpers as H  # noqa: E402
 from tests.test_main import cli  # noqa: E402
 
@@ -40,7 +41,7 @@ def test_convert_writes_checkpoint_and_config(converted):
   assert info['from'] == 'hf' and info['head'] == 'shapes_video' and info['step'] == 0
   assert info['labels']['shapes_video'][:2] == ['class_a', 'class_b']
   assert os.path.isdir(workdir / 'checkpoints' / '0' / 'params')
-  config = run.load_workdir(str(workdir))
+  config = workdir_lib.load_workdir(str(workdir))
   # Architecture from the HF config.json (hidden 32, 2 layers), datasets from --config.
   assert config.model.hidden_size == 32 and config.model.num_layers == 2
   assert config.model.tubes == (((2, 8, 8), (2, 8, 8), (0, 0, 0)),)
@@ -81,12 +82,12 @@ def test_export_to_hf_from_workdir(converted, tmp_path):
 
 
 def test_convert_without_config_names_the_dataset_by_classes(tmp_path):
-  from sparse_tubes import convert
+  from sparse_tubes.commands import convert
   model = H.hf_model('timesformer', 'joint_space_time', num_labels=174)
   model.save_pretrained(tmp_path / 'hf')
   info = convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'work'))
   assert info['head'] == 'ssv2' and info['num_classes'] == {'ssv2': 174}
-  config = run.load_workdir(str(tmp_path / 'work'))
+  config = workdir_lib.load_workdir(str(tmp_path / 'work'))
   ds = config.datasets.ssv2
   assert (ds.num_frames, ds.crop_size, ds.sampling, ds.flip) == (H.T, H.SIZE, 'segment', False)
   assert config.model.attention == 'joint' and config.model.input_shape == (H.T, H.SIZE, H.SIZE, 3)
@@ -100,11 +101,11 @@ def test_convert_without_config_names_the_dataset_by_classes(tmp_path):
 def test_workdir_config_round_trips(tmp_path, path):
   """config.json (as train and convert write it) reads back with tuples and None intact."""
   config = config_lib.load(path)
-  run.save_workdir(config, str(tmp_path), command='train')
-  back = run.load_workdir(str(tmp_path))
+  workdir_lib.save_workdir(config, str(tmp_path), command='train')
+  back = workdir_lib.load_workdir(str(tmp_path))
   assert back.to_dict() == config.to_dict()
   assert isinstance(back.model.tubes[0][0], tuple) and isinstance(back.sharding_rules, tuple)
-  run.save_workdir(config, str(tmp_path / 'w'))
+  workdir_lib.save_workdir(config, str(tmp_path / 'w'))
   snap = config_lib.load(str(tmp_path / 'w' / 'config.py'), total_steps=7)
   assert snap.total_steps == 7 and snap.model.to_dict() == config.model.to_dict()
 
@@ -112,21 +113,21 @@ def test_workdir_config_round_trips(tmp_path, path):
 def test_train_on_a_converted_workdir_starts_from_it(tmp_path):
   """`train --workdir=DIR` on a convert workdir: nothing to resume, so it trains from the converted
   checkpoint (init_from, heads kept) into DIR/finetune."""
-  from sparse_tubes import convert
+  from sparse_tubes.commands import convert
   model = H.hf_model('vivit', num_labels=3)
   model.save_pretrained(tmp_path / 'hf')
   convert.convert('hf', str(tmp_path / 'hf'), str(tmp_path / 'w'))
-  config = run.load_workdir(str(tmp_path / 'w'))
-  cfg, target = run.train_target(config, str(tmp_path / 'w'))
+  config = workdir_lib.load_workdir(str(tmp_path / 'w'))
+  cfg, target = workdir_lib.train_target(config, str(tmp_path / 'w'))
   assert target == str(tmp_path / 'w' / 'finetune')
   assert (cfg.init_from.kind, cfg.init_from.path, cfg.init_from.step, cfg.init_from.keep_heads) == (
       'checkpoint', str(tmp_path / 'w'), 0, True)
-  assert run.train_target(config, str(tmp_path / 'other')) == (config, str(tmp_path / 'other'))
+  assert workdir_lib.train_target(config, str(tmp_path / 'other')) == (config, str(tmp_path / 'other'))
 
 
 def test_convert_vit_npz_inflates_into_the_config_model(tmp_path):
   """--from=vit_npz: the image ViT is inflated (pretrained/inflate.py) into --config's model."""
-  from sparse_tubes import convert
+  from sparse_tubes.commands import convert
   from sparse_tubes.pretrained import vit
   from tests.pretrained import vit_helpers as V
   image = V.build(V.image_model_cfg())
@@ -138,9 +139,9 @@ def test_convert_vit_npz_inflates_into_the_config_model(tmp_path):
   config.model.update(hidden_size=V.D, num_layers=V.LAYERS, num_heads=V.HEADS, mlp_dim=V.MLP)
   info = convert.convert('vit_npz', npz, str(tmp_path / 'w'), config)
   assert info['from'] == 'vit_npz' and info['num_classes'] == {'shapes_video': 8}
-  back = run.load_workdir(str(tmp_path / 'w'))
+  back = workdir_lib.load_workdir(str(tmp_path / 'w'))
   assert back.init_from.kind == '' and back.model.hidden_size == V.D
-  ckpt = run.Checkpointer(str(tmp_path / 'w'), read_only=True)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path / 'w'), read_only=True)
   import orbax.checkpoint as ocp
   restored = ckpt.manager.restore(0, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
   ckpt.close()

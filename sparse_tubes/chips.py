@@ -1,4 +1,5 @@
-"""Cloud TPU generations: names, chips, memory and peak speed, shared by `plan` and launch/tpu.py.
+"""The chip table: Cloud TPU generations (names, chips, memory, peak speed; `plan`, launch/tpu.py)
+and the peak and memory of every accelerator JAX reports (`device_kind`: MFU in `bench`).
 
 A topology is written '<generation>:<chip grid>', e.g. 'v5e:4x4' (16 chips, the slice Cloud TPU
 sells as accelerator type 'v5litepod-16'). v4 and v5p accelerator types count TensorCores (two per
@@ -94,3 +95,35 @@ def from_accelerator_type(accelerator_type: str) -> Topology:
         return Topology(g, default_shape(n // g.cores_per_chip, g.dims))
   raise ValueError(f'Unknown --accelerator_type={accelerator_type!r}: use e.g. v5litepod-16, v6e-16, '
                    f'v4-32 or v5p-64.')
+
+
+# Dense bf16 peak TFLOP/s and HBM GiB per device as JAX reports it, by a substring of its
+# `device_kind`, first match first ('v5 lite' before 'v5'). TPUs from the table above (for v4 and
+# v5p one JAX device is one chip, its two TensorCores together); NVIDIA's datasheets for GPUs
+# (SXM parts, dense, without sparsity).
+TPU_KINDS = (('TPU v6 lite', 'v6e'), ('TPU v5 lite', 'v5e'), ('TPU v5p', 'v5p'), ('TPU v5', 'v5p'),
+             ('TPU v4', 'v4'))
+GPUS = (('B200', 2250, 180), ('H200', 989, 141), ('H100', 989, 80), ('A100', 312, 80),
+        ('L4', 121, 24))
+
+
+def _device(device_kind: str) -> tuple[float, float] | None:
+  kind = device_kind.lower()
+  for key, gen in TPU_KINDS:
+    if key.lower() in kind:
+      return GENERATIONS[gen].bf16_tflops, GENERATIONS[gen].hbm_gib
+  for key, tflops, hbm in GPUS:
+    if key.lower() in kind:
+      return tflops, hbm
+  return None
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """Peak dense bf16 FLOP/s of one device, None where unknown (CPUs)."""
+  d = _device(device_kind)
+  return None if d is None else d[0] * 1e12
+
+
+def hbm_gib(device_kind: str) -> float | None:
+  d = _device(device_kind)
+  return None if d is None else float(d[1])

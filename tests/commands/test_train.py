@@ -9,8 +9,9 @@ import sys
 import numpy as np
 import pytest
 
-from sparse_tubes import run
-from sparse_tubes.train import loop, metrics
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes.commands import train as train_cmd
+from sparse_tubes.train import metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -27,7 +28,7 @@ def losses(workdir):
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory, make_config):
   workdir = str(tmp_path_factory.mktemp('full'))
-  summary = loop.train(make_config(eval_every_steps=3), workdir)
+  summary = train_cmd.train(make_config(eval_every_steps=3), workdir)
   return workdir, summary
 
 
@@ -46,7 +47,7 @@ def test_train_writes_logs_checkpoints_config(uninterrupted):
   evals = [r for r in rows if 'eval/top1/shapes_video' in r]
   assert [r['step'] for r in evals] == [3, 6]  # config.eval_every_steps=3, during training
   assert all(0 <= r['eval/top1/shapes_image'] <= r['eval/top5/shapes_image'] <= 1 for r in evals)
-  assert run.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).all_steps() == [3, 6]
   with open(os.path.join(workdir, 'config.json')) as f:
     assert json.load(f)['total_steps'] == 6
   with open(os.path.join(workdir, 'parameters.txt')) as f:
@@ -58,10 +59,10 @@ def test_resume_sees_the_same_batches(uninterrupted, make_config, tmp_path):
   losses exactly, which needs the data iterator's position restored with the model."""
   full_workdir, _ = uninterrupted
   workdir = str(tmp_path)
-  first = loop.train(make_config(), workdir, stop_after_steps=4)
+  first = train_cmd.train(make_config(), workdir, stop_after_steps=4)
   assert first['step'] == 4
-  assert run.Checkpointer(workdir, read_only=True).latest_step() == 3
-  loop.train(make_config(), workdir)
+  assert ckpt_lib.Checkpointer(workdir, read_only=True).latest_step() == 3
+  train_cmd.train(make_config(), workdir)
   resumed, steps = losses(workdir)
   expected, _ = losses(full_workdir)
   assert steps == [1, 2, 3, 4, 5, 6]
@@ -70,7 +71,7 @@ def test_resume_sees_the_same_batches(uninterrupted, make_config, tmp_path):
 
 def test_finished_run_does_not_train_again(uninterrupted, make_config):
   workdir, _ = uninterrupted
-  again = loop.train(make_config(), workdir)
+  again = train_cmd.train(make_config(), workdir)
   assert again['step'] == 6
 
 
@@ -78,16 +79,16 @@ CHILD = """
 import json, sys
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from sparse_tubes.train import loop
+from sparse_tubes.commands import train as train_cmd
 import jax
 assert jax.device_count() == {devices}, jax.devices()
-loop.train(tiny_config({data!r}, mesh__data={data_axis}, mesh__fsdp={fsdp}), {workdir!r},
+train_cmd.train(tiny_config({data!r}, mesh__data={data_axis}, mesh__fsdp={fsdp}), {workdir!r},
            stop_after_steps={stop})
 """
 
 
 def train_on(devices: int, data_axis: int, fsdp: int, workdir: str, data_dir: str, stop=None):
-  """loop.train in a child process with `devices` fake CPU devices; returns its stderr."""
+  """train_cmd.train in a child process with `devices` fake CPU devices; returns its stderr."""
   env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
   code = CHILD.format(tests=os.path.join(REPO, 'tests'), data=data_dir, workdir=workdir,
                       devices=devices, data_axis=data_axis, fsdp=fsdp, stop=stop)
@@ -129,12 +130,12 @@ def test_bfloat16_compute_with_float32_params_and_profile(make_config, tmp_path)
                        mixup__mixup_alpha=0.3, mixup__cutmix_alpha=1.0,
                        profile__enabled=True, profile__start_step=1, profile__num_steps=2)
   workdir = str(tmp_path)
-  summary = loop.train(config, workdir)
+  summary = train_cmd.train(config, workdir)
   assert np.isfinite(summary['train/loss'])
   mesh = sharding.make_mesh(config.mesh)
   spec = state_lib.model_spec(config.model, {'shapes_video': 8, 'shapes_image': 3}, mesh,
                               config.sharding_rules)
-  params = run.Checkpointer(workdir, read_only=True).restore_params(
+  params = ckpt_lib.Checkpointer(workdir, read_only=True).restore_params(
       4, state_lib.abstract_params(spec))
   assert {x.dtype for x in jax.tree.leaves(params)} == {np.dtype('float32')}
   assert glob.glob(os.path.join(workdir, 'tensorboard', 'plugins', 'profile', '*', '*.xplane.pb'))

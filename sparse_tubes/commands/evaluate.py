@@ -35,8 +35,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import run
-from sparse_tubes.evaluator import CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
+from sparse_tubes import validation
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes.data import sources
+from sparse_tubes.multiview import CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
 from sparse_tubes.train import metrics
 
 MODES = ('latest', 'all', 'watch')
@@ -53,7 +55,7 @@ def result_path(workdir: str, dataset: str, split: str, step: int, suffix: str =
 def finalized_steps(workdir: str) -> list[int]:
   """Steps whose checkpoint Orbax has finished writing (a save in progress is a temporary
   directory, renamed when complete), oldest first."""
-  directory = run.checkpoint_dir(workdir)
+  directory = ckpt_lib.checkpoint_dir(workdir)
   if not os.path.isdir(directory):
     return []
   return sorted(ocp.path.step.checkpoint_steps(directory))
@@ -87,10 +89,10 @@ class _Run:
   """One workdir's evaluation: the compiled Evaluator (built once), the writers, the files."""
 
   def __init__(self, config, workdir: str, save_predictions: str | None):
-    config_lib.validate(config)
+    validation.validate(config)
     self.config, self.workdir, self.save_predictions = config, workdir, save_predictions
-    self.data_dir, self.infos = run.dataset_infos(config)
-    self.classes = run.num_classes(config, self.infos)
+    self.data_dir, self.infos = sources.dataset_infos(config)
+    self.classes = sources.num_classes(config, self.infos)
     self.evaluator = None
     self.writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard', 'eval'))
 
@@ -104,7 +106,7 @@ class _Run:
                for n in names)
 
   def __call__(self, step: int | None) -> dict:
-    restored = run.restore_params(self.config, self.workdir, step, self.classes)
+    restored = ckpt_lib.restore_params(self.config, self.workdir, step, self.classes)
     if self.evaluator is None:  # compiled once, for every checkpoint of the run
       self.evaluator = Evaluator(self.config, restored.spec, restored.mesh, restored.rules,
                                  self.data_dir, self.infos)
@@ -229,7 +231,7 @@ def evaluate_checkpoints(config, workdir: str, checkpoint: str | int = 'latest',
     elif checkpoint == 'all':
       steps = finalized_steps(workdir)
       if not steps:
-        run.restore_params(config, workdir)  # raises the "Train first" error
+        ckpt_lib.restore_params(config, workdir)  # raises the "Train first" error
       todo = _agreed([s for s in steps if force or not job.done(s)])
       for s in steps:
         if s not in todo:
@@ -265,7 +267,7 @@ def _guarded(one, step: int, workdir: str) -> bool:
 def _watch(job: _Run, one, workdir: str, *, force: bool, timeout: float, poll_s: float):
   final = job.final_step()
   seen, last_new = set(), time.monotonic()
-  print(f'Watching {run.checkpoint_dir(workdir)} until step {final} (or {timeout:.0f} s without a '
+  print(f'Watching {ckpt_lib.checkpoint_dir(workdir)} until step {final} (or {timeout:.0f} s without a '
         'new checkpoint)', flush=True)
   while True:
     new = [s for s in finalized_steps(workdir) if s not in seen]
@@ -308,3 +310,20 @@ def results_table(summary: dict) -> str:
             f"results:     {summary['eval_dir']}",
             f"tensorboard: {summary['tensorboard_dir']}  (tensorboard --logdir <that>)"]
   return '\n'.join(lines)
+
+
+def main(flags, args):
+  from absl import app
+  from sparse_tubes.commands import config_and_workdir, start_distributed
+  start_distributed(flags)
+  config, workdir = config_and_workdir(flags)
+  try:
+    checkpoint = parse_checkpoint(flags.checkpoint, flags.step)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  try:
+    evaluate_checkpoints(config, workdir, checkpoint, force=flags.force,
+                         watch_timeout=flags.watch_timeout, save_predictions=flags.save_predictions,
+                         on_result=lambda s: print(results_table(s), flush=True))
+  except (ckpt_lib.CheckpointError, FileNotFoundError) as e:
+    raise SystemExit(f'Error: {e}') from None

@@ -8,18 +8,20 @@ import jax
 import pytest
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import info, run
+from sparse_tubes.data import sources
+from sparse_tubes.commands import info
+from sparse_tubes.models import costs
 from sparse_tubes.models import tokenizers
 from sparse_tubes.train import state as state_lib
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, 'configs', 'synthetic', 'tubevit_tiny.py')
 
 
 @pytest.fixture(scope='module')
 def tiny():
   config = config_lib.load(TINY)
-  return config, info.summarize(config)
+  return config, costs.summarize(config)
 
 
 def test_json_keys_and_types(tiny):
@@ -35,7 +37,7 @@ def test_json_keys_and_types(tiny):
 
 def test_params_are_the_abstract_parameter_tree(tiny):
   config, s = tiny
-  classes = run.num_classes(config)
+  classes = sources.num_classes(config)
   assert classes == {'shapes_video': 8, 'shapes_image': 3}
   mesh = jax.make_mesh((1, 1, 1), ('data', 'fsdp', 'tensor'),
                        axis_types=(jax.sharding.AxisType.Auto,) * 3)
@@ -69,11 +71,11 @@ def test_xla_flops_agree_with_the_analytic_count_at_vit_b_width():
   """At ViT-B width matmuls dominate: XLA/2 and the closed form agree within 3%."""
   config = config_lib.load(TINY, model__hidden_size=768, model__num_heads=12, model__mlp_dim=3072,
                            model__num_layers=2)
-  classes = run.num_classes(config)
-  graphdef, state = info.abstract_model(config.model, classes)
+  classes = sources.num_classes(config)
+  graphdef, state = costs.abstract_model(config.model, classes)
   shape = config_lib.input_shape(config.datasets.shapes_video)
-  xla = info.xla_macs(graphdef, state, shape, 'shapes_video')
-  analytic = info.analytic_macs(config.model, shape, classes['shapes_video'])['total']
+  xla = costs.xla_macs(graphdef, state, shape, 'shapes_video')
+  analytic = costs.analytic_macs(config.model, shape, classes['shapes_video'])['total']
   assert analytic <= xla <= 1.03 * analytic
 
 
@@ -89,13 +91,13 @@ def test_flops_scale_with_views_and_activations_are_positive(tiny):
 
 def test_activations_follow_dtype_and_remat():
   base = config_lib.load(TINY)
-  classes = run.num_classes(base)
+  classes = sources.num_classes(base)
   shape = config_lib.input_shape(base.datasets.shapes_video)
 
   def act(**kw):
     config = config_lib.load(TINY, **kw)
-    graphdef, state = info.abstract_model(config.model, classes)
-    return info.activation_bytes(graphdef, state, shape, 'shapes_video')
+    graphdef, state = costs.abstract_model(config.model, classes)
+    return costs.activation_bytes(graphdef, state, shape, 'shapes_video')
 
   f32, bf16, remat = act(), act(model__dtype='bfloat16'), act(model__remat=True)
   assert bf16 < 0.75 * f32   # most saved tensors are half as wide
@@ -113,7 +115,7 @@ def test_unknown_dataset_names_the_fix():
   config = config_lib.load(TINY)
   config.datasets.shapes_video.tfds_name = 'no_such_dataset_xyz'
   with pytest.raises(ValueError, match='NUM_CLASSES'):
-    run.num_classes(config)
+    sources.num_classes(config)
 
 
 def test_cli_json():

@@ -7,7 +7,9 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
-from sparse_tubes import convert, predict, run  # noqa: E402
+from sparse_tubes.commands import convert
+from sparse_tubes import workdir as workdir_lib
+from sparse_tubes.commands import predict
 from sparse_tubes.data import video_io  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 
@@ -25,7 +27,7 @@ def workdir(tmp_path_factory):
 
 def test_predict_video_file_through_eval_views(workdir, tmp_path, capsys):
   model, work = workdir
-  config = run.load_workdir(str(work))
+  config = workdir_lib.load_workdir(str(work))
   ds = config.datasets.video
   # The normalization of the source (TimeSformer: Kinetics mean 0.45, std 0.225), from convert.
   assert (ds.eval_temporal_views, ds.eval_spatial_views, ds.normalization) == (1, 3, 'kinetics')
@@ -55,7 +57,7 @@ def test_predict_video_file_through_eval_views(workdir, tmp_path, capsys):
 
 def test_predict_npy_fed_as_is(workdir, tmp_path):
   model, work = workdir
-  config = run.load_workdir(str(work))
+  config = workdir_lib.load_workdir(str(work))
   x = H.clips(batch=2, seed=9)
   np.save(tmp_path / 'x.npy', x)
   result = predict.predict(config, str(work), str(tmp_path / 'x.npy'), top_k=6)

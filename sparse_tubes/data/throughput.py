@@ -1,5 +1,5 @@
 """Input-pipeline benchmark: decode + augment throughput per core, against what a TPU host needs.
-(`bench step` and `bench attention` are the train-step and attention-memory benchmarks: bench_step.py.)
+(`bench step` and `bench attention` are the train-step and attention-memory benchmarks: bench.py.)
 
   python -m sparse_tubes.bench data --config=configs/data/kinetics400.py [--data_dir=DIR]
       [--workers=N] [--seconds=S] [--repeats=R] [--mini] [--json] [--[no-]synthetic]
@@ -21,25 +21,26 @@ processes at once (the Grain worker layout) and sums their wall-clock rates.
 
 'Required' is the per-core rate a TPU v5e host needs to keep its chips busy with the config's model
 (`V5E_HOST`): a training example costs 3 forward passes of FLOPs (forward + backward), 2 FLOPs per
-multiply-add, the multiply-adds from `info.analytic_macs`. A video dataset is counted as trained
+multiply-add, the multiply-adds from `costs.analytic_macs`. A video dataset is counted as trained
 alone (the most it can need); an image dataset in the config's co-training mix, where every step
 takes one batch of every dataset (`train.step`).
 """
-import argparse
 import json
 import multiprocessing
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-# A TPU v5e host (ct5lp-hightpu-4t): 4 chips of 197 bf16 TFLOP/s each, 112 vCPUs = 56 physical
-# cores; 40% of peak is a good model FLOPs utilisation for a ViT-B training step.
-V5E_HOST = dict(chips=4, peak_tflops_per_chip=197.0, utilisation=0.4, cores=56)
+from sparse_tubes import chips
+
+# A TPU v5e host (ct5lp-hightpu-4t): 4 chips (their peak from the chip table), 112 vCPUs = 56
+# physical cores; 40% of peak is a good model FLOPs utilisation for a ViT-B training step.
+V5E_HOST = dict(chips=4, peak_tflops_per_chip=chips.GENERATIONS['v5e'].bf16_tflops,
+                utilisation=0.4, cores=56)
 
 
 def _cpu_name():
@@ -64,11 +65,11 @@ def _load() -> list:
 # ---------------------------------------------------------------------------- what a host needs
 
 def training_flops(model_cfg, ds_cfg) -> float:
-  """FLOPs of one training example: forward + backward = 3 forwards, 2 FLOPs per multiply-add."""
-  from sparse_tubes import info
+  """FLOPs of one training example (models/costs.py, the one formula)."""
   from sparse_tubes import zoo
+  from sparse_tubes.models import costs
   classes = zoo.NUM_CLASSES.get(ds_cfg.tfds_name, 1000)  # The classifier is <0.1% of the total.
-  return 6 * info.analytic_macs(model_cfg, info.input_shape(ds_cfg), classes)['total']
+  return costs.example_train_flops(model_cfg, ds_cfg, classes)
 
 
 def required_per_core(cfg, host=None) -> dict:
@@ -356,32 +357,3 @@ def bench_data(config, *, data_dir=None, workers=None, seconds=3.0, repeats=3, m
       emit(r)
   tmp.cleanup()
   return results
-
-
-def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  if argv[:1] in (['step'], ['attention']):  # train step and attention memory: bench_step.py
-    from sparse_tubes import bench_step
-    return (bench_step.main if argv[0] == 'step' else bench_step.main_attention)(argv[1:])
-  parser = argparse.ArgumentParser(prog='python -m sparse_tubes.bench', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('what', choices=['data'])
-  parser.add_argument('--config', required=True)
-  parser.add_argument('--data_dir', default=None)
-  parser.add_argument('--workers', type=int, default=None)
-  parser.add_argument('--seconds', type=float, default=3.0)
-  parser.add_argument('--repeats', type=int, default=3, help='data: measurements per figure')
-  parser.add_argument('--mini', action='store_true',
-                      help='bench on mini releases even where data_dir holds the dataset')
-  parser.add_argument('--json', action='store_true', help='one JSON object per line')
-  parser.add_argument('--synthetic', action=argparse.BooleanOptionalAction, default=None,
-                      help='data: also measure the synthetic reference clip sets (default: in the '
-                           'table, not with --json, which then prints one object per dataset)')
-  args = parser.parse_args(argv)
-  bench_data(args.config, data_dir=args.data_dir, workers=args.workers, seconds=args.seconds,
-             repeats=args.repeats, mini=args.mini, as_json=args.json,
-             synthetic=not args.json if args.synthetic is None else args.synthetic)
-
-
-if __name__ == '__main__':
-  main(sys.argv[1:])

@@ -21,7 +21,8 @@ import numpy as np
 from flax import nnx
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import run
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes import workdir as workdir_lib
 from sparse_tubes.models import tokenizers
 from sparse_tubes.data import pipeline, video_io
 
@@ -83,9 +84,9 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
             fps: float | None = None, batch_size: int | None = None) -> dict:
   """Logits and top-k classes of `input_path` (.npy clip batch or a video file)."""
   npy = load_clips(input_path) if input_path.endswith('.npy') else None
-  restored = run.restore_params(config, workdir, step)
+  restored = ckpt_lib.restore_params(config, workdir, step)
   params, num_classes, step = restored.params, restored.num_classes, restored.step
-  dataset = run.choose_head(config, num_classes, dataset)
+  dataset = workdir_lib.choose_head(config, num_classes, dataset)
   if npy is not None:
     x = npy
     check_clip_shape(config, dataset, x, input_path)
@@ -114,7 +115,7 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
     os.makedirs(os.path.dirname(os.path.abspath(save_logits)), exist_ok=True)
     np.save(save_logits, logits)
 
-  names = run.class_names(config, workdir, dataset, logits.shape[-1])
+  names = workdir_lib.class_names(config, workdir, dataset, logits.shape[-1])
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   k = min(top_k, logits.shape[-1])
@@ -139,3 +140,12 @@ def format_result(result: dict) -> str:
       lines.append(f"  {rank}. {t['label']:<32s} p={t['prob']:.4f}  logit={t['logit']:.4f}  "
                    f"(class {t['index']})")
   return '\n'.join(lines)
+
+
+def main(flags, args):
+  from sparse_tubes.commands import config_and_workdir, need
+  config, workdir = config_and_workdir(flags)
+  result = predict(config, workdir, need(flags.input, 'input', 'video.mp4'), top_k=flags.top_k,
+                   save_logits=flags.save_logits, dataset=flags.dataset, step=flags.step,
+                   fps=flags.fps)
+  print(format_result(result), flush=True)

@@ -1,21 +1,10 @@
-"""One run and its workdir: what train, evaluate, predict, convert and info share.
+"""The checkpoint store of a workdir (WORKDIR/checkpoints/<step>/):
 
-  config       the config of a workdir (config.json + a config.py that loads it), or a file's
-  data         the data dir, the datasets' TFDS infos and their class counts
-  model        the mesh, the logical-axis rules and the model's shapes and shardings
-  checkpoints  the layout of WORKDIR/checkpoints/<step>/ and the files beside it:
-
-    WORKDIR/config.json, config.py     the run's config (`save_workdir`)
-    WORKDIR/converted.json             written by `convert`: the source, which dataset's head holds
-                                       the checkpoint's classifier, class names (`read_converted`)
-    WORKDIR/checkpoints/<step>/
-      params                           the model alone: what evaluation, `init_from` and converted
-                                       checkpoints need (`restore_params`, `read_params`)
-      train_state                      step + optimizer state (absent in converted checkpoints)
-      data_<name>                      each train iterator's position (Grain)
-    WORKDIR/damaged_checkpoints/<step> a checkpoint `train` could not read, moved aside (kept)
-
-The commands use this module and none of each other.
+    params              the model alone: what evaluation, `init_from` and converted checkpoints need
+                        (`restore_params`, `read_params`)
+    train_state         step + optimizer state (absent in converted checkpoints)
+    data_<name>         each train iterator's position (Grain)
+  and WORKDIR/damaged_checkpoints/<step>, a checkpoint `train` could not read, moved aside (kept).
 """
 import dataclasses
 import json
@@ -26,161 +15,13 @@ import time
 import grain
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from sparse_tubes import config as config_lib
-from sparse_tubes import defaults
-from sparse_tubes import zoo
-from sparse_tubes.data import builtin, pipeline
 from sparse_tubes.train import sharding, state as state_lib
 
-WORKDIR_CONFIG = 'config.json'
-CONVERTED = 'converted.json'
-
-
-# ------------------------------------------------------------------------------------ config
-
-def _tuples(value):
-  """JSON arrays back to the tuples configs use (tubes, shapes, sharding rules, ranges)."""
-  if isinstance(value, list):
-    return tuple(_tuples(v) for v in value)
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return value
-
-
-def config_from_json(text: str) -> ml_collections.ConfigDict:
-  """The ConfigDict of `config_to_json` text: nested dicts become ConfigDicts, arrays tuples, null
-  None (configs here never hold lists)."""
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
-
-
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-  return config.to_json_best_effort(indent=2, sort_keys=True)
-
-
-def has_workdir_config(workdir: str) -> bool:
-  return bool(workdir) and os.path.exists(os.path.join(workdir, WORKDIR_CONFIG))
-
-
-def load_workdir(workdir: str, **overrides) -> ml_collections.ConfigDict:
-  """The config that `train` or `convert` wrote into `workdir`, locked; `overrides` as in
-  `config.load` (dotted names with '__' for dots)."""
-  path = os.path.join(workdir, WORKDIR_CONFIG)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f'{path} not found: give --config=CONFIG.py, or a workdir written by '
-                            '`train` or `convert`.')
-  with open(path) as f:
-    config = config_from_json(f.read())
-  for key, value in defaults.base().items():  # A key added since the workdir was written.
-    if key not in config:
-      config[key] = value
-  config.lock()
-  return config_lib.override(config, **overrides)
-
-
-def resolve_config(config, workdir: str, **overrides) -> ml_collections.ConfigDict:
-  """`config` (a file's, already loaded) if given, else the config saved in `workdir`."""
-  if config is not None:
-    return config_lib.override(config, **overrides)
-  if not has_workdir_config(workdir):
-    raise FileNotFoundError(f'--config is required here (e.g. --config=configs/synthetic/'
-                            f'tubevit_tiny.py), unless --workdir holds the config.json that `train` '
-                            f'or `convert` wrote; {workdir} has none.')
-  return load_workdir(workdir, **overrides)
-
-
-SNAPSHOT = '''"""The config of this workdir, as `{command}` wrote it (config.json beside this file).
-
-  python -m sparse_tubes evaluate --config={path} --workdir={workdir} --config.some.field=value
-"""
-import os
-
-from sparse_tubes import run
-
-
-def get_config(arg=None):
-  del arg
-  with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'config.json')) as f:
-    return run.config_from_json(f.read())
-'''
-
-
-def save_workdir(config: ml_collections.ConfigDict, workdir: str, *, command: str = 'convert'):
-  """Writes config.json and a config.py that loads it (so --config=WORKDIR/config.py takes
-  --config.field overrides). Process 0 writes; the others only make sure the folder exists."""
-  os.makedirs(workdir, exist_ok=True)
-  if jax.process_index() != 0:
-    return
-  with open(os.path.join(workdir, WORKDIR_CONFIG), 'w') as f:
-    f.write(config_to_json(config))
-  py = os.path.join(workdir, 'config.py')
-  with open(py, 'w') as f:
-    f.write(SNAPSHOT.format(command=command, path=py, workdir=workdir))
-
-
-# -------------------------------------------------------------------------------------- data
-
-def data_dir(config) -> str:
-  return builtin.resolve_data_dir(config.data_dir)
-
-
-def dataset_infos(config) -> tuple[str, dict[str, pipeline.DatasetInfo]]:
-  """(data dir, {dataset: DatasetInfo}); builds the built-in dataset if needed and fails with the
-  fix when a dataset is missing."""
-  root = data_dir(config)
-  infos = {}
-  for name, ds in config.datasets.items():
-    builtin.ensure_built(ds.tfds_name, root)
-    infos[name] = pipeline.dataset_info(ds, root)
-  return root, infos
-
-
-def train_iterators(config, data_dir: str) -> dict:
-  """{dataset: this process's endless train iterator}, each at the start of its shuffled order."""
-  return {n: pipeline.train_iterator(ds, data_dir=data_dir, seed=config.seed,
-                                     process_index=jax.process_index(),
-                                     process_count=jax.process_count(), grain_cfg=config.grain,
-                                     name=n)
-          for n, ds in config.datasets.items()}
-
-
-def num_classes(config, infos: dict | None = None) -> dict[str, int]:
-  """Classes per dataset: from `infos` (the data itself) when given, else `zoo.NUM_CLASSES` for
-  the known names (no data needed), else the prepared dataset's TFDS info."""
-  out = {}
-  for name, ds in config.datasets.items():
-    if infos is not None:
-      out[name] = infos[name].num_classes
-    elif ds.tfds_name in zoo.NUM_CLASSES:
-      out[name] = zoo.NUM_CLASSES[ds.tfds_name]
-    else:
-      try:
-        out[name] = pipeline.dataset_info(ds, data_dir(config)).num_classes
-      except Exception as e:  # noqa: BLE001 - any failure means: we cannot know the class count
-        raise ValueError(
-            f'config.datasets.{name}.tfds_name={ds.tfds_name!r}: unknown number of classes. '
-            f'Prepare the dataset, or add it to sparse_tubes.zoo.NUM_CLASSES. ({e})') from None
-  return out
-
-
-# ------------------------------------------------------------------------------------- model
-
-def mesh_and_rules(config) -> tuple[jax.sharding.Mesh, tuple]:
-  """The device mesh of `config.mesh` and the logical-axis rules of `config.sharding_rules`."""
-  return sharding.make_mesh(config.mesh), sharding.rules_tuple(config.sharding_rules)
-
-
-def model_spec(config, classes: dict[str, int], mesh, rules) -> state_lib.ModelSpec:
-  """The model's graphdef, abstract parameters and their shardings; nothing allocated."""
-  return state_lib.model_spec(config.model, classes, mesh, rules)
-
-
-# ------------------------------------------------------------------------------- checkpoints
 
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(os.path.abspath(workdir), 'checkpoints')
@@ -426,10 +267,10 @@ def restore_params(config, workdir: str, step: int | None = None,
     reason = ckpt.verify(step)
     if reason:
       raise unreadable(reason)
-    mesh, rules = mesh_and_rules(config)
+    mesh, rules = sharding.mesh_and_rules(config)
     try:
       classes = classes if classes is not None else checkpoint_heads(workdir, step)
-      spec = model_spec(config, classes, mesh, rules)
+      spec = state_lib.model_spec(config.model, classes, mesh, rules)
       params = ckpt.restore_params(step, state_lib.abstract_params(spec))
     except Exception:  # noqa: BLE001
       reason = ckpt.verify(step, deep=True)
@@ -472,63 +313,3 @@ def read_params(path: str, step: int = -1) -> dict:
   finally:
     ckpt.close()
   return jax.tree.map(np.asarray, dict(params))
-
-
-# ------------------------------------------------------------------ converted checkpoints
-
-def read_converted(workdir: str) -> dict | None:
-  """converted.json of a workdir `convert` wrote, or None."""
-  path = os.path.join(workdir, CONVERTED)
-  if not os.path.exists(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def write_converted(workdir: str, info: dict) -> None:
-  with open(os.path.join(workdir, CONVERTED), 'w') as f:
-    json.dump(info, f, indent=2)
-
-
-def train_target(config, workdir: str):
-  """(config, workdir) for `train --workdir=DIR` on a workdir `convert` wrote: its checkpoint
-  holds parameters only (nothing to resume), so training starts from it
-  (config.init_from = that checkpoint, heads kept) in DIR/finetune. Other workdirs: unchanged."""
-  info = read_converted(workdir)
-  if info is None or has_train_state(workdir, int(info.get('step', 0))):
-    return config, workdir
-  cfg = ml_collections.ConfigDict(config.to_dict())
-  cfg.init_from.update(kind='checkpoint', path=os.path.abspath(workdir),
-                       step=int(info.get('step', 0)), keep_heads=True)
-  cfg.lock()
-  return cfg, os.path.join(workdir, 'finetune')
-
-
-def choose_head(config, classes: dict[str, int], dataset: str | None = None) -> str:
-  """The head (dataset) predict and export use: `dataset` (--dataset) if the checkpoint has it,
-  else the first eval (else any) video dataset with a head, else the first head."""
-  if dataset:
-    if dataset not in classes:
-      raise ValueError(f'--dataset={dataset!r}: the checkpoint has heads {sorted(classes)}.')
-    return dataset
-  names = list(config.eval_datasets) or sorted(config.datasets)
-  video = [n for n in names if n in classes and config.datasets[n].kind == 'video']
-  if video:
-    return video[0]
-  return sorted(classes)[0]
-
-
-def class_names(config, workdir: str, dataset: str, n: int) -> list[str]:
-  """Class names of a head: converted.json (the HF id2label), else the dataset's TFDS info when it
-  is there, else 'class_<i>'."""
-  labels = (read_converted(workdir) or {}).get('labels', {}).get(dataset)
-  if labels and len(labels) == n:
-    return list(labels)
-  if dataset in config.datasets:
-    try:
-      names = pipeline.dataset_info(config.datasets[dataset], data_dir(config)).class_names
-      if len(names) == n:
-        return list(names)
-    except Exception:  # noqa: BLE001  data not prepared here: fall back to indices
-      pass
-  return [f'class_{i}' for i in range(n)]

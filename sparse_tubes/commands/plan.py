@@ -14,85 +14,14 @@ rules, dtype, remat, scan and micro-batches. Reported per chip:
 FLOPs per step are counted analytically (`info`'s per-part count, training = 3x forward: the
 backward pass costs two forwards), since XLA cannot see inside custom kernels; the compiler's own
 estimate ('optimal_seconds' of its cost analysis) is shown where it gives one. Step times at 40%
-and 60% MFU use the chip's peak bf16 rate (sparse_tubes/tpus.py).
+and 60% MFU use the chip's peak bf16 rate (sparse_tubes/chips.py).
 """
 import json
-import math
-import os
-import re
 import time
 
-GIB = 2**30
+from sparse_tubes import aot
 
-
-def _quiet_libtpu(topology):
-  """Ahead-of-time compilation needs no TPU; these tell libtpu so, instead of a page of warnings."""
-  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
-  os.environ.setdefault('TPU_ACCELERATOR_TYPE', topology.accelerator_type)
-  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
-  os.environ.setdefault('TPU_WORKER_ID', '0')
-  # Compiling only: several plans (pytest workers) may load libtpu at once.
-  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
-  import jax
-  if not os.environ.get('JAX_PLATFORMS'):  # (no effect once a backend is up: then it is harmless)
-    jax.config.update('jax_platforms', 'cpu')  # The host runs nothing on a TPU it may have.
-
-
-def topology_devices(topology):
-  """Compile-only devices of the slice (no TPU needed)."""
-  from jax.experimental import topologies
-  try:
-    import libtpu  # noqa: F401
-  except ImportError:
-    raise RuntimeError("plan needs libtpu to compile for TPUs: pip install -e '.[tpu]' (or "
-                       "pip install 'jax[tpu]').") from None
-  # Chips per TPU VM host: 4 (2x2) on multi-host slices; single-host slices hold all of theirs.
-  bounds = (2, 2, 1) if topology.hosts > 1 else (*topology.shape, 1)[:3]
-  return topologies.get_topology_desc(
-      platform='tpu', topology_name=topology.name, chip_config_name=topology.generation.chip_config,
-      chips_per_host_bounds=bounds).devices
-
-
-def _shard_bytes(abstract_tree) -> int:
-  """Bytes one chip holds of ShapeDtypeStructs carrying shardings."""
-  import jax
-  import numpy as np
-  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(abstract_tree))
-
-
-def _peak(mem) -> int:
-  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
-          + mem.temp_size_in_bytes)
-
-
-UNITS = {'B': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
-
-
-def _compile(lowered, arguments):
-  """(compiled or None, peak bytes, temporaries bytes). The TPU compiler refuses a program whose
-  temporaries exceed the chip's HBM ('Ran out of memory ... HLO temporaries (182.64G) exceeds
-  available HBM'): that is a plan result, not an error."""
-  try:
-    compiled = lowered.compile()
-  except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; anything else re-raises
-    m = re.search(r'HLO temporaries \(([\d.]+)([BKMGT])\)', str(e))
-    if 'RESOURCE_EXHAUSTED' not in str(e) or not m:
-      raise
-    temp = float(m.group(1)) * UNITS[m.group(2)]
-    return None, _shard_bytes(arguments) + temp, temp
-  mem = compiled.memory_analysis()
-  return compiled, _peak(mem), mem.temp_size_in_bytes
-
-
-def train_flops(config, classes) -> float:
-  """Analytic FLOPs of one train step over the global batch: 3 x forward, 2 FLOPs per MAC."""
-  from sparse_tubes import config as config_lib, info
-  total = 0.0
-  for name, ds in config.datasets.items():
-    macs = info.analytic_macs(config.model, config_lib.input_shape(ds), classes[name])['total']
-    total += 3 * 2 * macs * ds.batch_size
-  return total
+GIB = aot.GIB
 
 
 def _advice(result, config) -> list[str]:
@@ -100,12 +29,12 @@ def _advice(result, config) -> list[str]:
   over = result['hbm_per_chip_gib'] - result['hbm_capacity_gib']
   out = [f'needs {over:.2f} GiB more per chip than the {result["hbm_capacity_gib"]:g} GiB of HBM.']
   temp, state = result['temp_gib'], result['params_gib'] + result['optimizer_gib']
-  m = int(config.get('microbatches', 1))
+  m = int(config.microbatches)
   batches = [ds.batch_size for ds in config.datasets.values()]
   if temp > over and all(b % (2 * m) == 0 for b in batches):
     out.append(f'config.microbatches={2 * m} roughly halves the activations ({temp:.2f} GiB of '
                f'temporaries now); more splits cut further.')
-  if config.model.get('remat', False) in (False, 'none'):
+  if config.model.remat in (False, 'none'):
     out.append("config.model.remat=True (or 'dots_saveable') recomputes block activations in the "
                'backward pass instead of storing them.')
   if int(config.mesh.fsdp) == 1 and state > 0.25 * over:
@@ -119,39 +48,39 @@ def _advice(result, config) -> list[str]:
 def plan(config, topology: str | None = None) -> dict:
   """Compiles the train and eval steps for `topology` (default: config.topology); returns the
   report as a dict (the --json keys)."""
-  from sparse_tubes import tpus
+  from sparse_tubes import chips
   topology = topology or config.get('topology', '')
   if not topology:
     raise ValueError('plan needs a TPU slice: --topology=v5e:4x4 (or set config.topology in the '
-                     f'config). Examples: {tpus.EXAMPLES}.')
-  topo = tpus.parse(topology)
-  _quiet_libtpu(topo)
+                     f'config). Examples: {chips.EXAMPLES}.')
+  topo = chips.parse(topology)
+  aot.quiet_libtpu(topo)
 
   import jax
   import jax.numpy as jnp
   from flax import nnx
 
-  from sparse_tubes import config as config_lib, info, zoo
-  from sparse_tubes import run as run_lib
-  from sparse_tubes.train import optim, sharding, state as state_lib, step as step_lib
+  from sparse_tubes import config as config_lib, zoo
+  from sparse_tubes import validation
+  from sparse_tubes.data import sources
+  from sparse_tubes.models import costs
+  from sparse_tubes.train import sharding, state as state_lib, step as step_lib
 
-  devices = topology_devices(topo)
+  devices = aot.topology_devices(topo)
   # attention_impl='auto' resolves by the platform of the mesh's devices (models/attention.py), so
   # the TPU devices below compile what a TPU run picks: splash from 1,024 keys up, else xla.
   processes = len({d.process_index for d in devices})
-  config_lib.validate(config, num_devices=len(devices), process_count=processes)
+  validation.validate(config, num_devices=len(devices), process_count=processes)
   mesh = sharding.make_mesh(config.mesh, devices)
   rules = sharding.rules_tuple(config.sharding_rules)
-  classes = run_lib.num_classes(config)
+  classes = sources.num_classes(config)
   total_steps = config_lib.total_steps(config, {
       n: zoo.TRAIN_EXAMPLES.get(ds.tfds_name, 1_000_000) for n, ds in config.datasets.items()})
 
   start = time.time()
-  spec = state_lib.model_spec(config.model, classes, mesh, rules)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  tx, _ = optim.with_freeze(tx, spec.abstract_params, config.get('freeze', None))
-  abstract = state_lib.abstract_state(spec, tx, mesh)
-  shardings = state_lib.state_shardings(spec, tx, mesh)
+  program = step_lib.build(config, classes, mesh, rules, total_steps)
+  spec = program.spec
+  abstract = program.abstract_state(mesh)
 
   def batch(ds, size, keys):
     shapes = {'inputs': ((size, *config_lib.input_shape(ds)), jnp.float32),
@@ -161,11 +90,7 @@ def plan(config, topology: str | None = None) -> dict:
                                     sharding=sharding.batch_sharding(mesh, rules, len(shapes[k][0])))
             for k in keys}
 
-  train_step = step_lib.make_train_step(
-      spec.graphdef, tx, schedule, config.datasets, classes, label_smoothing=config.label_smoothing,
-      seed=config.seed, mixup_cfg=config.mixup, microbatches=config.get('microbatches', 1))
-  train_step = jax.jit(train_step, in_shardings=(shardings, None),
-                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
+  train_step = program.step
   train_batch = {n: batch(ds, ds.batch_size, ('inputs', 'label')) for n, ds in config.datasets.items()}
   eval_name = (list(config.eval_datasets) or sorted(config.datasets))[0]
   eval_ds = config.datasets[eval_name]
@@ -173,26 +98,26 @@ def plan(config, topology: str | None = None) -> dict:
                       out_shardings=sharding.replicated(mesh))
   eval_batch = batch(eval_ds, eval_ds.eval_batch_size, ('inputs', 'label', 'video_id', 'mask'))
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    compiled, peak, temp = _compile(train_step.lower(abstract, train_batch),
+    compiled, peak, temp = aot.compile_or_oom(train_step.lower(abstract, train_batch),
                                     (abstract, train_batch))
     compile_s = time.time() - start
     eval_args = (state_lib.abstract_params(spec), eval_batch)
-    _, eval_peak, _ = _compile(eval_step.lower(*eval_args), eval_args)
+    _, eval_peak, _ = aot.compile_or_oom(eval_step.lower(*eval_args), eval_args)
 
   cost = (compiled.cost_analysis() if compiled is not None else None) or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  flops = train_flops(config, classes)
+  flops = costs.train_flops(config, classes)
   g = topo.generation
   examples = sum(ds.batch_size for ds in config.datasets.values())
   peak_flops = topo.chips * g.bf16_tflops * 1e12
   result = dict(
       config_topology=config.get('topology', ''), topology=topo.name,
       accelerator_type=topo.accelerator_type, chips=topo.chips, hosts=processes,
-      mesh=dict(mesh.shape), microbatches=int(config.get('microbatches', 1)), dtype=config.model.dtype,
-      remat=str(config.model.get('remat', False)), scan_layers=bool(config.model.get('scan_layers', False)),
+      mesh=dict(mesh.shape), microbatches=int(config.microbatches), dtype=config.model.dtype,
+      remat=str(config.model.remat), scan_layers=bool(config.model.scan_layers),
       global_batch=examples, params=state_lib.param_count(spec.abstract_params),
-      params_gib=_shard_bytes(abstract['params']) / GIB,
-      optimizer_gib=_shard_bytes(abstract['opt_state']) / GIB,
+      params_gib=aot.shard_bytes(abstract['params']) / GIB,
+      optimizer_gib=aot.shard_bytes(abstract['opt_state']) / GIB,
       temp_gib=temp / GIB, hbm_per_chip_gib=peak / GIB, hbm_capacity_gib=float(g.hbm_gib),
       eval_hbm_per_chip_gib=eval_peak / GIB,
       flops_per_step=flops, xla_flops_per_chip=float(cost.get('flops', float('nan'))),
@@ -234,3 +159,9 @@ def run(config, *, topology: str | None = None, as_json: bool = False) -> dict:
   result = plan(config, topology)
   print(json.dumps(result, indent=2) if as_json else format_text(result), flush=True)
   return result
+
+
+def main(flags, args):
+  from sparse_tubes.commands import need
+  run(need(flags.config, 'config', 'configs/kinetics400/tubevit_b.py'), topology=flags.topology,
+      as_json=flags.json)

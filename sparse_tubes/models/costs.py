@@ -1,26 +1,17 @@
-"""`python -m sparse_tubes info --config=...`: what a config costs, without allocating the model.
+"""What a model costs, from abstract shapes only: parameters, tokens, FLOPs and activations.
 
-Everything here works on abstract shapes (`nnx.eval_shape`, `jax.ShapeDtypeStruct`): a ViT-H video
-model is described in seconds on a laptop CPU, and nothing is compiled.
+Nothing is allocated or compiled (`nnx.eval_shape`, `jax.ShapeDtypeStruct`): a ViT-H video model is
+described in seconds on a laptop CPU. `info` prints these numbers; `plan`, `bench` and the
+throughput benchmark take their FLOPs from `train_flops`, the one formula for a training step:
 
-  params        parameters in total, per top-level module (tokenizer, encoder, pool, heads, ...) and
-                per dataset head; from the abstract parameter tree.
-  tokens        tokens per input of each dataset (per tube for TubeViT), `tokenizers.count_tokens`,
-                plus the class tokens the model adds.
-  GFLOPs/view   forward pass of one view (one clip, batch 1) in the papers' convention: a
-                multiply-add counts as ONE FLOP (ViViT, TimeSformer and TubeViT all report it so).
-                Reported: XLA's cost analysis of the lowered (not compiled) forward, divided by 2
-                (XLA counts a multiply-add as 2); it also counts elementwise work (softmax, GELU,
-                LayerNorm) at half weight, about 1% more than matmuls alone. `analytic` is the
-                closed-form count of matmuls, convolutions and attention (what fvcore-style
-                counters give); tests keep the two within a few percent.
-  activations   bytes of the tensors JAX's autodiff saves for the backward pass of one example
-                (`saved_residuals` of the loss), at the config's dtype and after its remat policy,
-                excluding parameters and the input. This is the memory a training step holds per
-                example between forward and backward before XLA fuses or rematerialises anything;
-                the compiled peak is usually somewhat lower.
+  forward FLOPs   2 x the multiply-adds of `analytic_macs` (matmuls, the tube/patch projections and
+                  attention, counted in closed form: what fvcore-style counters give)
+  train FLOPs     3 x forward per example (the backward pass costs two forwards: the gradients
+                  w.r.t. activations and w.r.t. weights), summed over every dataset's batch
+
+Counting analytically keeps the figure the same for every attention kernel (XLA cannot see inside
+cuDNN or Pallas calls), dtype, remat policy and backend.
 """
-import json
 import math
 from collections.abc import Mapping
 
@@ -30,7 +21,8 @@ import numpy as np
 from flax import nnx
 
 from sparse_tubes import config as config_lib
-from sparse_tubes import run as run_lib
+from sparse_tubes import validation
+from sparse_tubes.data import sources
 from sparse_tubes.models import tokenizers, video_vit
 
 FLOPS_CONVENTION = ('GFLOPs count one multiply-add as one FLOP (the papers\' convention); XLA cost '
@@ -272,8 +264,8 @@ def analytic_macs(model_cfg, shape, classes: int) -> dict:
 
 def summarize(config, *, activations: bool = True) -> dict:
   """The numbers `info` prints, as one JSON-able dict (see the module docstring)."""
-  config_lib.validate(config, num_devices=_self_consistent_devices(config), process_count=1)
-  classes = run_lib.num_classes(config)
+  validation.validate(config, num_devices=_self_consistent_devices(config), process_count=1)
+  classes = sources.num_classes(config)
   # FLOPs and shapes do not depend on scan or remat; unrolled layers make XLA's count exact
   # (its cost analysis counts a while-loop body once).
   graphdef, state = abstract_model(config.model, classes)
@@ -310,52 +302,15 @@ def summarize(config, *, activations: bool = True) -> dict:
   return out
 
 
-def _fmt(x: float) -> str:
-  return f'{x:,.1f}' if abs(x) >= 10 else f'{x:.3g}'
+def train_flops(config, classes: Mapping[str, int]) -> float:
+  """FLOPs of one training step over the global batch of every dataset (module docstring)."""
+  total = 0.0
+  for name, ds in config.datasets.items():
+    macs = analytic_macs(config.model, input_shape(ds), classes[name])['total']
+    total += 3 * 2 * macs * ds.batch_size
+  return total
 
 
-_MODULE_ORDER = ('tokenizer', 'posemb', 'cls_token', 'spatial_cls_token', 'encoder',
-                 'spatial_encoder', 'temporal_encoder', 'pool', 'heads')
-
-
-def format_text(s: dict) -> str:
-  c = s['config']
-  encoder = ', factorised encoder' if c.get('encoder') == 'factorised' else ''
-  lines = [f"{c['model']}: {c['num_layers']} layers x {c['hidden_size']} ({c['attention']} attention"
-           f"{encoder}, {c['dtype']} activations)",
-           f"parameters  {s['params']:,}  ({s['params'] / 1e6:.1f}M, {s['params_mib']:.0f} MiB in "
-           'float32)']
-  order = sorted(s['params_by_module'],
-                 key=lambda k: (_MODULE_ORDER.index(k) if k in _MODULE_ORDER else 50, k))
-  for k, v in ((k, s['params_by_module'][k]) for k in order):
-    lines.append(f'  {k:<20}{v:>14,}')
-  for k, v in s['params_heads'].items():
-    lines.append(f'    head {k:<13}{v:>14,}')
-  lines.append('')
-  header = f"{'dataset':<16}{'input':<18}{'tokens':>8}{'GFLOPs/view':>13}{'(analytic)':>12}" \
-           f"{'views':>7}{'GFLOPs/video':>14}{'act. MiB/ex':>13}"
-  lines.append(header)
-  for name in s['tokens']:
-    tok = s['tokens'][name]
-    shape = 'x'.join(str(v) for v in tok['input_shape'][:-1])
-    t, v = s['views'][name]
-    act = s['activation_mib_per_example'].get(name)
-    lines.append(
-        f"{name:<16}{shape:<18}{tok['total'] + tok['class_tokens']:>8}"
-        f"{_fmt(s['gflops_per_view'][name]):>13}{_fmt(s['gflops_per_view_analytic'][name]):>12}"
-        f"{f'{t}x{v}':>7}{_fmt(s['gflops_per_video'][name]):>14}"
-        f"{(_fmt(act) if act is not None else '-'):>13}")
-    per_tube = ' + '.join(str(n) for n in tok['per_tube'])
-    extra = f" + {tok['class_tokens']} class" if tok['class_tokens'] else ''
-    if sum(1 for k in tok['per_tube'] if k) > 1 or extra:
-      lines.append(f"{'':<16}tokens = {per_tube}{extra}")
-  lines.append('')
-  lines.append('GFLOPs: ' + s['flops_convention'])
-  lines.append('act. MiB/ex: ' + s['activation_note'])
-  return '\n'.join(lines)
-
-
-def run(config, *, as_json: bool = False) -> dict:
-  summary = summarize(config)
-  print(json.dumps(summary) if as_json else format_text(summary), flush=True)
-  return summary
+def example_train_flops(model_cfg, ds_cfg, classes: int) -> float:
+  """FLOPs of one training example of one dataset (train_flops per example)."""
+  return 3 * 2 * analytic_macs(model_cfg, input_shape(ds_cfg), classes)['total']

@@ -13,9 +13,11 @@ import sys
 import jax
 import pytest
 
-from sparse_tubes import config as config_lib, info, run
+from sparse_tubes import config as config_lib
+from sparse_tubes.data import sources
+from sparse_tubes.models import costs
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = ('fits', 'hbm_per_chip_gib', 'hbm_capacity_gib', 'params_gib', 'optimizer_gib', 'temp_gib',
         'flops_per_step', 'topology', 'chips')
 
@@ -24,7 +26,8 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec('libtpu') is None,
 
 SCRIPT = """
 import json, sys
-from sparse_tubes import config as config_lib, plan
+from sparse_tubes import config as config_lib
+from sparse_tubes.commands import plan
 out = []
 for spec, topology, overrides in json.loads(sys.argv[1]):
   out.append(plan.plan(config_lib.load(spec, **overrides), topology))
@@ -52,8 +55,8 @@ def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
   assert small['fits'] and small['chips'] == 4 and small['topology'] == 'v5e:2x2'
   assert small['hbm_capacity_gib'] == 16 and small['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
   config = config_lib.load(TINY)
-  params = sum(x.size for x in jax.tree.leaves(info.abstract_model(
-      config.model, run.num_classes(config))[1]))
+  params = sum(x.size for x in jax.tree.leaves(costs.abstract_model(
+      config.model, sources.num_classes(config))[1]))
   assert small['params'] == params
   assert small['params_gib'] == pytest.approx(params * 4 / 2**30)      # replicated float32
   assert small['optimizer_gib'] == pytest.approx(2 * small['params_gib'], rel=0.01)  # Adam mu, nu

@@ -1,4 +1,8 @@
-"""The training loop: data -> jitted step -> metrics, checkpoints, resumption, preemption."""
+"""`train`: the training loop. Data -> the jitted step (train/step.py:build) -> metrics,
+checkpoints, resumption, preemption, periodic evaluation.
+
+  python -m sparse_tubes train --config=CONFIG.py[:arg] --workdir=DIR [--config.field=value]
+"""
 import os
 import re
 
@@ -8,11 +12,14 @@ from clu import parameter_overview
 from flax import nnx
 
 from sparse_tubes import config as config_lib
+from sparse_tubes import validation
 from sparse_tubes import distributed
-from sparse_tubes import run
-from sparse_tubes.evaluator import Evaluator
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes.data import sources
+from sparse_tubes import workdir as workdir_lib
+from sparse_tubes.multiview import Evaluator
 from sparse_tubes.pretrained import init as init_lib
-from sparse_tubes.train import metrics, nonfinite, optim, preemption, prefetch, sharding
+from sparse_tubes.train import metrics, nonfinite, preemption, prefetch, sharding
 from sparse_tubes.train import state as state_lib
 from sparse_tubes.train import step as step_lib, workdir_lock
 
@@ -46,7 +53,7 @@ def train(config, workdir: str, *, stop_after_steps: int | None = None) -> dict:
   simulate a job that stops). Resumes from the latest readable checkpoint in `workdir`, which it
   holds alone (workdir_lock) for the whole run. Raises nonfinite.NonFiniteError when the loss
   diverges (config.on_nonfinite)."""
-  config_lib.validate(config)
+  validation.validate(config)
   with workdir_lock.hold(workdir):
     return _train(config, workdir, stop_after_steps)
 
@@ -55,16 +62,15 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   init_lib.validate(config)
   if jax.process_count() > 1:
     distributed.prefix_logs()  # Also when jax.distributed was started by the caller.
-  mesh, rules = run.mesh_and_rules(config)
-  data_dir, infos = run.dataset_infos(config)
-  num_classes = run.num_classes(config, infos)
+  mesh, rules = sharding.mesh_and_rules(config)
+  data_dir, infos = sources.dataset_infos(config)
+  num_classes = sources.num_classes(config, infos)
   total_steps = config_lib.total_steps(
       config, {n: i.num_examples[config.datasets[n].train_split] for n, i in infos.items()})
-  run.save_workdir(config, workdir, command='train')
+  workdir_lib.save_workdir(config, workdir, command='train')
 
-  spec = run.model_spec(config, num_classes, mesh, rules)
-  tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
-  tx, frozen = optim.with_freeze(tx, spec.abstract_params, config.get('freeze', None))
+  program = step_lib.build(config, num_classes, mesh, rules, total_steps)
+  spec, tx, frozen = program.spec, program.tx, program.frozen
   if jax.process_index() == 0:  # The full parameter table, for reading after the fact.
     with open(os.path.join(workdir, 'parameters.txt'), 'w') as f:
       f.write(parameter_overview.get_parameter_overview(spec.abstract_params, include_stats=False))
@@ -77,9 +83,9 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
     logging.info(line)
     _print(line)
 
-  iterators = run.train_iterators(config, data_dir)
+  iterators = sources.train_iterators(config, data_dir)
 
-  ckpt = run.Checkpointer(workdir, keep=config.keep_checkpoints,
+  ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
   start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators, log=_print)
   if start is not None:
@@ -92,14 +98,6 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
       logging.info(line)
       _print(line)
 
-  shardings = state_lib.state_shardings(spec, tx, mesh)
-  train_step = step_lib.make_train_step(
-      spec.graphdef, tx, schedule, config.datasets, num_classes,
-      label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup,
-      microbatches=config.microbatches)
-  train_step = step_lib.guard_nonfinite(train_step, skip=config.on_nonfinite == 'skip')
-  train_step = jax.jit(train_step, in_shardings=(shardings, None),
-                       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
 
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
   if start == 0:
@@ -125,6 +123,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
       stop = stop or watch.check(rows)
   end = total_steps if stop_after_steps is None else min(total_steps, start + stop_after_steps)
   step = start
+  train_step = None
 
   # The next batches are read and sent to the devices while a step runs; checkpoints save the
   # iterators' positions as of the batches taken (feed.positions()), not their live state.
@@ -133,7 +132,10 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   with feed, jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     while step < end:
       profile(step, block_on=state)
-      state, step_metrics = train_step(state, next(feed))
+      batch = next(feed)
+      if train_step is None:  # Compiled once, for the batches the feed gives.
+        train_step = program.compile(state, batch)
+      state, step_metrics = train_step(state, batch)
       step += 1
       pending.append((step, step_metrics))  # Fetched at log time: no host sync every step.
 
@@ -158,7 +160,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
       preempted = guard.reached(step)
       if step % config.checkpoint_every_steps == 0 or step == total_steps or preempted:
         drain()  # Never save past a non-finite step, nor non-finite parameters.
-        if not stop and not run.all_finite(state['params']):
+        if not stop and not ckpt_lib.all_finite(state['params']):
           stop = f'step {step}: the parameters hold NaN or Inf'
         if stop:
           break
@@ -182,3 +184,20 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
         + "; no checkpoint after it was saved. Lower config.optimizer.learning_rate (or check the "
         "data), or set config.on_nonfinite='skip', and train again: it resumes from there.")
   return summary
+
+
+def main(flags, args):
+  from sparse_tubes.commands import config_and_workdir, start_distributed
+  start_distributed(flags)
+  config, workdir = config_and_workdir(flags)
+  config, target = workdir_lib.train_target(config, workdir)
+  if target != workdir:
+    print(f'{workdir} holds a converted checkpoint: training from it '
+          f'(config.init_from.kind=checkpoint) into {target}', flush=True)
+    workdir = target
+  try:
+    summary = train(config, workdir)
+  except (nonfinite.NonFiniteError, workdir_lock.WorkdirLocked, ckpt_lib.CheckpointError) as e:
+    raise SystemExit(f'Error: {e}') from None  # One line and a non-zero exit code.
+  print(f"Trained to step {summary['step']}; checkpoints in {os.path.join(workdir, 'checkpoints')}",
+        flush=True)

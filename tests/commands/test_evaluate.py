@@ -9,18 +9,22 @@ import time
 import numpy as np
 import pytest
 
-from sparse_tubes import evaluate, evaluator, run
-from sparse_tubes.train import loop
+from sparse_tubes.commands import evaluate
+from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes.data import sources
+from sparse_tubes import workdir as workdir_lib
+from sparse_tubes import multiview
+from sparse_tubes.commands import train as train_cmd
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_topk_accuracy():
   logits = np.array([[0.1, 0.5, 0.4], [0.9, 0.05, 0.05]])
   labels = np.array([2, 0])
-  assert evaluator.topk_accuracy(logits, labels, 1) == 0.5
-  assert evaluator.topk_accuracy(logits, labels, 2) == 1.0
-  assert evaluator.topk_accuracy(logits, labels, 5) == 1.0  # k larger than the class count.
+  assert multiview.topk_accuracy(logits, labels, 1) == 0.5
+  assert multiview.topk_accuracy(logits, labels, 2) == 1.0
+  assert multiview.topk_accuracy(logits, labels, 5) == 1.0  # k larger than the class count.
 
 
 def test_parse_checkpoint():
@@ -39,7 +43,7 @@ def trained(tmp_path_factory, make_config):
   """A tiny co-trained run with checkpoints at steps 3 and 6 (read only by the tests below)."""
   workdir = str(tmp_path_factory.mktemp('eval'))
   config = make_config()
-  loop.train(config, workdir)
+  train_cmd.train(config, workdir)
   return config, workdir
 
 
@@ -108,9 +112,9 @@ def _recording(ev):
 
 
 def _eval(config, workdir, *, record=False):
-  restored = run.restore_params(config, workdir)
-  data_dir, infos = run.dataset_infos(config)
-  ev = evaluator.Evaluator(config, restored.spec, restored.mesh, restored.rules, data_dir, infos)
+  restored = ckpt_lib.restore_params(config, workdir)
+  data_dir, infos = sources.dataset_infos(config)
+  ev = multiview.Evaluator(config, restored.spec, restored.mesh, restored.rules, data_dir, infos)
   seen = _recording(ev) if record else None
   results, pred = ev(restored.params, with_predictions=True)
   return results, pred, seen
@@ -170,7 +174,7 @@ sys.path.insert(0, {tests!r})
 import jax
 assert jax.device_count() == 8, jax.devices()
 from conftest import tiny_config
-from sparse_tubes import evaluate
+from sparse_tubes.commands import evaluate
 out = {{}}
 for bs in (8, 48):
   config = tiny_config({data!r}, datasets__shapes_video__eval_batch_size=bs,
@@ -243,14 +247,14 @@ def test_watch_skips_a_deleted_checkpoint(trained, tmp_path, monkeypatch, capsys
   the watcher still stops after the final step."""
   config, workdir = trained
   workdir = _copy(workdir, tmp_path)
-  real = run.restore_params
+  real = ckpt_lib.restore_params
 
   def deleted_under_it(config, workdir, step=None, classes=None):
     if step == 3:
-      shutil.rmtree(os.path.join(run.checkpoint_dir(workdir), '3'))
+      shutil.rmtree(os.path.join(ckpt_lib.checkpoint_dir(workdir), '3'))
     return real(config, workdir, step, classes)
 
-  monkeypatch.setattr(run, 'restore_params', deleted_under_it)
+  monkeypatch.setattr(ckpt_lib, 'restore_params', deleted_under_it)
   done = evaluate.evaluate_checkpoints(config, workdir, 'watch', watch_timeout=30, poll_s=0.1)
   assert [s['step'] for s in done] == [6]
   out = capsys.readouterr().out
@@ -270,26 +274,26 @@ def test_logits_are_averaged_per_video(monkeypatch):
   from sparse_tubes.train import sharding
   logits = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 5.0],     # video 0: mean favours class 1
                      [3.0, 0.0], [99.0, -99.0], [0.0, 0.0]], np.float32)  # video 1; a pad; a pad
-  key = np.zeros((3, evaluator.pipeline.KEY_BYTES), np.uint8)
+  key = np.zeros((3, multiview.pipeline.KEY_BYTES), np.uint8)
   batches = [dict(inputs=logits[:3], label=np.array([1, 1, 1], np.int32), key=key,
                   video_id=np.array([0, 0, 0], np.int32), mask=np.array([True] * 3)),
              dict(inputs=logits[3:], label=np.array([0, 0, 0], np.int32), key=key,
                   video_id=np.array([1, -1, -1], np.int32), mask=np.array([True, False, False]))]
-  data = evaluator.pipeline.EvalData(batches, num_videos=2, views_per_video=np.array([3, 1]),
+  data = multiview.pipeline.EvalData(batches, num_videos=2, views_per_video=np.array([3, 1]),
                                      num_batches=2, local_batch_size=3,
-                                     stats=evaluator.pipeline.DataStats())
-  monkeypatch.setattr(evaluator.pipeline, 'eval_batches', lambda *a, **k: data)
+                                     stats=multiview.pipeline.DataStats())
+  monkeypatch.setattr(multiview.pipeline, 'eval_batches', lambda *a, **k: data)
   fake_step = lambda params, b: {**b, 'logits': b['inputs']}
   mesh = sharding.make_mesh(defaults.base().mesh)
   ds = defaults.dataset(eval_temporal_views=3, eval_spatial_views=1)
-  res = evaluator.evaluate_dataset(fake_step, None, ds, data_dir='', mesh=mesh,
+  res = multiview.evaluate_dataset(fake_step, None, ds, data_dir='', mesh=mesh,
                                    rules=defaults.base().sharding_rules, num_videos=2)
   assert res['num_videos'] == 2 and res['num_views'] == 4
   assert res['top1'] == 1.0 and res['view_top1'] == 0.5
   # A view counted twice is an error, not a number.
   batches[1]['video_id'] = np.array([0, -1, -1], np.int32)
   with pytest.raises(RuntimeError, match='twice'):
-    evaluator.evaluate_dataset(fake_step, None, ds, data_dir='', mesh=mesh,
+    multiview.evaluate_dataset(fake_step, None, ds, data_dir='', mesh=mesh,
                                rules=defaults.base().sharding_rules, num_videos=2)
 
 
@@ -305,8 +309,8 @@ import sys
 import time
 sys.path.insert(0, {tests!r})
 from conftest import tiny_config
-from sparse_tubes.train import loop
-loop.train(tiny_config({data!r}, total_steps=20, checkpoint_every_steps=5, keep_checkpoints=10,
+from sparse_tubes.commands import train as train_cmd
+train_cmd.train(tiny_config({data!r}, total_steps=20, checkpoint_every_steps=5, keep_checkpoints=10,
                        log_every_steps=5, eval_datasets=('shapes_video',)), {workdir!r})
 """
 
@@ -323,7 +327,7 @@ def test_watch_beside_training(tiny_data_dir, tmp_path):
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
   try:
     deadline = time.monotonic() + 300
-    while not run.has_workdir_config(workdir):  # --workdir alone: the config train wrote
+    while not workdir_lib.has_workdir_config(workdir):  # --workdir alone: the config train wrote
       assert train.poll() is None and time.monotonic() < deadline, train.communicate()[0][-3000:]
       time.sleep(0.2)
     watch = subprocess.run(
@@ -345,7 +349,7 @@ def test_watch_beside_training(tiny_data_dir, tmp_path):
 
 def test_most_confused_pairs():
   confusion = np.array([[5, 2, 0], [7, 1, 1], [0, 0, 3]])
-  pairs = evaluator.most_confused(confusion, ['a', 'b', 'c'], n=2)
+  pairs = multiview.most_confused(confusion, ['a', 'b', 'c'], n=2)
   assert pairs == [{'label': 'b', 'predicted': 'a', 'videos': 7},
                    {'label': 'a', 'predicted': 'b', 'videos': 2}]
 
@@ -355,16 +359,16 @@ def test_corrupt_videos_are_counted_and_listed(monkeypatch):
   and the views still add up (nothing dropped)."""
   from sparse_tubes import defaults
   from sparse_tubes.train import sharding
-  key = np.zeros((4, evaluator.pipeline.KEY_BYTES), np.uint8)
+  key = np.zeros((4, multiview.pipeline.KEY_BYTES), np.uint8)
   key[2:, :3] = np.frombuffer(b'abc', np.uint8)
   batch = dict(inputs=np.array([[2.0, 0.0], [1.0, 0.0], [0.0, 0.0], [0.0, 0.0]], np.float32),
                label=np.array([0, 0, 1, 1], np.int32), key=key,
                video_id=np.array([0, 0, 1, 1], np.int32), mask=np.array([True, True, False, False]))
-  data = evaluator.pipeline.EvalData([batch], num_videos=2, views_per_video=2, num_batches=1,
-                                     local_batch_size=4, stats=evaluator.pipeline.DataStats())
-  monkeypatch.setattr(evaluator.pipeline, 'eval_batches', lambda *a, **k: data)
+  data = multiview.pipeline.EvalData([batch], num_videos=2, views_per_video=2, num_batches=1,
+                                     local_batch_size=4, stats=multiview.pipeline.DataStats())
+  monkeypatch.setattr(multiview.pipeline, 'eval_batches', lambda *a, **k: data)
   mesh = sharding.make_mesh(defaults.base().mesh)
-  res = evaluator.evaluate_dataset(lambda p, b: {**b, 'logits': b['inputs']}, None,
+  res = multiview.evaluate_dataset(lambda p, b: {**b, 'logits': b['inputs']}, None,
                                    defaults.dataset(eval_temporal_views=2), data_dir='', mesh=mesh,
                                    rules=defaults.base().sharding_rules, num_videos=2)
   assert res['num_videos'] == 1 and res['split_size'] == 2 and res['num_views'] == 2

@@ -1,0 +1,69 @@
+"""Ahead-of-time compilation for TPU slices on a machine without a TPU: libtpu (the `[tpu]` extra)
+describes a slice's chips without owning them (jax.experimental.topologies). Used by `plan` and
+`bench step --topology`.
+"""
+import math
+import os
+import re
+
+GIB = 2**30
+
+
+def quiet_libtpu(topology):
+  """Ahead-of-time compilation needs no TPU; these tell libtpu so, instead of a page of warnings."""
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
+  os.environ.setdefault('TPU_ACCELERATOR_TYPE', topology.accelerator_type)
+  os.environ.setdefault('TPU_WORKER_HOSTNAMES', 'localhost')
+  os.environ.setdefault('TPU_WORKER_ID', '0')
+  # Compiling only: several plans (pytest workers) may load libtpu at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
+  import jax
+  if not os.environ.get('JAX_PLATFORMS'):  # (no effect once a backend is up: then it is harmless)
+    jax.config.update('jax_platforms', 'cpu')  # The host runs nothing on a TPU it may have.
+
+
+def topology_devices(topology):
+  """Compile-only devices of the slice (no TPU needed)."""
+  from jax.experimental import topologies
+  try:
+    import libtpu  # noqa: F401
+  except ImportError:
+    raise RuntimeError("plan needs libtpu to compile for TPUs: pip install -e '.[tpu]' (or "
+                       "pip install 'jax[tpu]').") from None
+  # Chips per TPU VM host: 4 (2x2) on multi-host slices; single-host slices hold all of theirs.
+  bounds = (2, 2, 1) if topology.hosts > 1 else (*topology.shape, 1)[:3]
+  return topologies.get_topology_desc(
+      platform='tpu', topology_name=topology.name, chip_config_name=topology.generation.chip_config,
+      chips_per_host_bounds=bounds).devices
+
+
+def shard_bytes(abstract_tree) -> int:
+  """Bytes one chip holds of ShapeDtypeStructs carrying shardings."""
+  import jax
+  import numpy as np
+  return sum(math.prod(x.sharding.shard_shape(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(abstract_tree))
+
+
+def peak_bytes(mem) -> int:
+  return (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes)
+
+
+UNITS = {'B': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
+
+
+def compile_or_oom(lowered, arguments):
+  """(compiled or None, peak bytes, temporaries bytes). The TPU compiler refuses a program whose
+  temporaries exceed the chip's HBM ('Ran out of memory ... HLO temporaries (182.64G) exceeds
+  available HBM'): that is a plan result, not an error."""
+  try:
+    compiled = lowered.compile()
+  except Exception as e:  # noqa: BLE001 - jax raises JaxRuntimeError; anything else re-raises
+    m = re.search(r'HLO temporaries \(([\d.]+)([BKMGT])\)', str(e))
+    if 'RESOURCE_EXHAUSTED' not in str(e) or not m:
+      raise
+    temp = float(m.group(1)) * UNITS[m.group(2)]
+    return None, shard_bytes(arguments) + temp, temp
+  mem = compiled.memory_analysis()
+  return compiled, peak_bytes(mem), mem.temp_size_in_bytes
