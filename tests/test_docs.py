@@ -340,6 +340,49 @@ def check_architecture(text: str) -> list[str]:
   return out
 
 
+def modules() -> list[str]:
+  """The package's and launch/'s modules (tracked by git when there is a checkout: a module being
+  written is not yet part of the map)."""
+  import subprocess
+  try:
+    listed = subprocess.run(['git', 'ls-files', 'sparse_tubes', 'launch'], cwd=REPO, check=True,
+                            capture_output=True, text=True).stdout.split()
+  except (OSError, subprocess.CalledProcessError):
+    listed = [str(p.relative_to(REPO)) for d in ('sparse_tubes', 'launch')
+              for p in (REPO / d).rglob('*.py')]
+  return sorted(p for p in listed if p.endswith('.py') and not p.rsplit('/', 1)[-1].startswith('__')
+                and (REPO / p).exists())
+
+
+def unnamed_modules(readme: str) -> list[str]:
+  """The modules README's package map does not name under their folder's entry."""
+  block = next(b for b in FENCE.findall(readme) if b.startswith('sparse_tubes/\n'))
+  entries, current = {}, None
+  for line in block.splitlines():
+    indent = len(line) - len(line.lstrip())
+    if indent == 0:
+      top, current = line.split()[0], line.split()[0]
+    elif indent == 2:
+      head = line.strip().partition('  ')[0]
+      folder = next((n.strip() for n in head.split(',') if n.strip().endswith('/')), '')
+      current = top + folder
+    entries[current] = entries.get(current, '') + ' ' + line
+  missing = []
+  for module in modules():
+    folder, name = module.rsplit('/', 1)
+    if not re.search(rf'(?<![\w.]){re.escape(name)}\b', entries.get(folder + '/', '')):
+      missing.append(module)
+  return missing
+
+
+def test_architecture_names_every_module():
+  missing = unnamed_modules((REPO / 'README.md').read_text())
+  assert not missing, f"name these in README's Architecture block, under their folder: {missing}"
+  readme = (REPO / 'README.md').read_text()
+  assert unnamed_modules(readme.replace('  atomic.py ', '  other.py ')) == ['sparse_tubes/atomic.py']
+  assert 'sparse_tubes/train/step.py' in unnamed_modules(readme.replace(' step.py (', ' (', 1))
+
+
 def check_text(text: str, where: pathlib.Path) -> list[str]:
   out = [p for c in commands(text) for p in check_command(c)]
   return out + check_links(text, where) + check_paths(text) + check_architecture(text)
