@@ -6,6 +6,7 @@
                                   [--watch_timeout=S] [--save_predictions=FILE.npz]
   python -m sparse_tubes info     --config=CONFIG.py[:arg] [--json]
   python -m sparse_tubes prepare  DATASET --manual_dir=DIR [--data_dir=DIR] [--workers=N]
+                                  [--beam_runner=DataflowRunner --beam_options="--project=P ..."]
   python -m sparse_tubes convert  --from=hf|timesformer|vit_npz --input=PATH [--config=...] --workdir=DIR
   python -m sparse_tubes convert  --to=hf --workdir=DIR --output=HF_DIR [--dataset=NAME] [--step=N]
   python -m sparse_tubes plan     --config=CONFIG.py[:arg] --topology=v5e:4x4 [--json]
@@ -57,6 +58,11 @@ _DATA_DIR = flags.DEFINE_string('data_dir', None, 'prepare: TFDS data dir to wri
                                 '$SPARSE_TUBES_DATA_DIR or ~/.cache/sparse_tubes/tfds).')
 _WORKERS = flags.DEFINE_integer('workers', None, 'prepare, bench data: parallel decoding '
                                 'processes (default: the number of cores).')
+_BEAM_RUNNER = flags.DEFINE_string('beam_runner', None, 'prepare: decode on Apache Beam with this '
+                                   'runner (DirectRunner, DataflowRunner, SparkRunner, ...; the '
+                                   '[beam] extra; docs/prepare_on_beam.md).')
+_BEAM_OPTIONS = flags.DEFINE_string('beam_options', '', 'prepare --beam_runner: Beam pipeline '
+                                    'options as one string, e.g. "--project=P --region=R".')
 _FROM = flags.DEFINE_enum('from', None, ['hf', 'timesformer', 'vit_npz'],
                           'convert: the kind of checkpoint --input is.')
 _TO = flags.DEFINE_enum('to', None, ['hf'], 'convert: export the workdir checkpoint to this layout.')
@@ -114,26 +120,30 @@ def main(argv):
   if command not in POSITIONAL and rest:
     raise app.UsageError(f'Unexpected arguments {rest}: flags are written --name=value.')
   if not flags.FLAGS['verbosity'].present:
-    # Progress lines and results are printed; library INFO logs (TFDS, Orbax) would bury them.
+    # Progress lines and results are printed; library INFO logs (TFDS, Orbax) would bury them,
+    # and so would Orbax warnings about its own bookkeeping (distributed.quiet_library_logs).
     logging.set_verbosity(logging.WARNING)
+    from sparse_tubes import distributed
+    distributed.quiet_library_logs()
   importlib.import_module(f'sparse_tubes.commands.{command}').main(flags.FLAGS, rest)
 
 
 def check_overrides(argv) -> None:
-  """Exits with one line naming a mistyped `--config.a.b=value` key, before absl parses the flags
-  (its parser fails on one with a page of traceback)."""
+  """Exits with one line naming a config file that does not load (file, line, error) or a mistyped
+  `--config.a.b=value` key, before absl parses the flags (its parser fails on either with a page
+  of traceback)."""
   args = argv[1:]
   spec = next((a.split('=', 1)[1] for a in args if a.startswith('--config=')), None)
   if spec is None and '--config' in args[:-1]:
     spec = args[args.index('--config') + 1]
   keys = [a[len('--config.'):].split('=', 1)[0] for a in args if a.startswith('--config.')]
-  if not spec or not keys:
+  if not spec:
     return
   from sparse_tubes import config as config_lib
   try:
     config = config_lib.load(spec)
-  except Exception:  # noqa: BLE001 - a config that does not load: absl's parser reports it
-    return
+  except Exception as e:  # noqa: BLE001 - whatever the file raises, one line says where
+    raise SystemExit(f'Error: {config_lib.load_error(spec, e)}') from None
   for key in keys:
     try:
       config_lib.check_override(config, key)
@@ -142,6 +152,8 @@ def check_overrides(argv) -> None:
 
 
 def run():
+  from sparse_tubes import distributed
+  distributed.quiet_libtpu()  # Before JAX starts a backend.
   check_overrides(sys.argv)
   app.run(main)
 

@@ -1,6 +1,7 @@
 """`prepare`: writes a dataset in the TFDS (ArrayRecord) form training reads (data/prepare.py).
 
   python -m sparse_tubes prepare DATASET --manual_dir=DIR [--data_dir=DIR] [--workers=N]
+      [--beam_runner=DirectRunner|DataflowRunner|SparkRunner --beam_options="--project=P ..."]
 """
 from absl import app
 
@@ -12,4 +13,5 @@ def main(flags, args):
   if len(args) != 1:
     raise app.UsageError(f'prepare takes one dataset name, one of {prepare.DATASETS}.')
   prepare.run(args[0], manual_dir=need(flags.manual_dir, 'manual_dir', '/data/kinetics400'),
-              data_dir=flags.data_dir, workers=flags.workers)
+              data_dir=flags.data_dir, workers=flags.workers, beam_runner=flags.beam_runner,
+              beam_options=flags.beam_options)

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -18,18 +19,27 @@ from sparse_tubes.data import beam, builtin, prepare, video_builder, video_io
 from tests.data.test_prepare_datasets import make_mini_kinetics
 
 NAME = 'kinetics400/10fps_32px'
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @pytest.fixture(scope='module')
 def both(tmp_path_factory):
   """The mini-Kinetics (a corrupt, a truncated and a missing clip, a label not in the class list)
-  prepared on one machine and on Beam's DirectRunner: (local data_dir, report, beam data_dir, report,
-  release)."""
+  prepared on one machine and, by the command line, on Beam's DirectRunner: (local data_dir, report,
+  beam data_dir, report, release)."""
   release = make_mini_kinetics(str(tmp_path_factory.mktemp('release')))
   local, on_beam = str(tmp_path_factory.mktemp('local')), str(tmp_path_factory.mktemp('beam'))
   a = prepare.run(NAME, manual_dir=release, data_dir=local, workers=1, videos_per_shard=3)
-  b = prepare.run(NAME, manual_dir=release, data_dir=on_beam, workers=1,
-                  beam_runner='DirectRunner')
+  # On Beam through the command line, as a user runs it (the flags reach prepare.run).
+  out = subprocess.run([sys.executable, '-m', 'sparse_tubes', 'prepare', NAME,
+                        f'--manual_dir={release}', f'--data_dir={on_beam}', '--workers=1',
+                        '--beam_runner=DirectRunner', '--beam_options=--direct_num_workers=1'],
+                       capture_output=True, text=True, cwd=REPO, timeout=300,
+                       env={**os.environ, 'PYTHONPATH': REPO})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'to decode on Beam' in out.stdout and 'train: 7/9 videos written' in out.stdout
+  with open(os.path.join(on_beam, 'kinetics400', '10fps_32px', video_builder.REPORT_NAME)) as f:
+    b = json.load(f)
   return local, a, on_beam, b, release
 
 
@@ -55,11 +65,8 @@ def test_direct_runner_writes_the_examples_and_report_of_one_machine(both):
   assert beam_report == report
   assert report['splits']['train']['reasons'] == {'undecodable': 1, 'truncated': 1}
   assert report['splits']['validation']['reasons'] == {'missing': 1, 'unknown_label': 1}
-  # The report file, as the one-machine path writes it; the work directory is gone.
-  config_dir = os.path.join(on_beam, 'kinetics400', '10fps_32px')
-  with open(os.path.join(config_dir, video_builder.REPORT_NAME)) as f:
-    assert json.load(f) == report
-  assert not os.path.exists(os.path.join(config_dir, '_work'))
+  # The work directory is gone.
+  assert not os.path.exists(os.path.join(on_beam, 'kinetics400', '10fps_32px', '_work'))
 
   a, b = builtin.ensure_built(NAME, local).info, builtin.ensure_built(NAME, on_beam).info
   assert b.file_format.value == 'array_record'
