@@ -151,3 +151,28 @@ def test_videos_unchanged_images_larger_and_cleaner():
   img, _ = builtin.moving_shapes_image('test', 3)
   bright = (img.max(-1) == 255).sum()
   assert bright >= 0.5 * builtin.IMAGE_SHAPE_SIZE[0] ** 2
+
+
+def test_paper_size_variant_is_the_video_clip_upsampled():
+  """moving_shapes/video_paper: Kinetics-sized clips (64 frames of 256x256 JPEG) of the same
+  generator, for measuring the input pipeline at the papers' clip size."""
+  import cv2
+  import numpy as np
+  import tensorflow_datasets as tfds
+  from sparse_tubes.data import builtin
+  b = tfds.builder('moving_shapes/video_paper', data_dir='/nonexistent', file_format='array_record')
+  assert b.info.features['video'].shape == (None, 256, 256, 3)
+  (index, ex), = list(b._generate_examples('train', 1))
+  frames = [cv2.imdecode(np.frombuffer(f, np.uint8), cv2.IMREAD_COLOR) for f in ex['video']]
+  assert len(frames) == 64 and frames[0].shape == (256, 256, 3)
+  small, label, _ = builtin.generate('video', 'train', 0, num_frames=64)
+  assert ex['label'] == label and index == 0
+
+
+def test_paper_res_config_reads_the_paper_size_data():
+  import os
+  from sparse_tubes import config as config_lib
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  c = config_lib.load(os.path.join(repo, 'configs/synthetic/paper_res.py:vivit_b16x2_m1'))
+  ds, = c.datasets.values()
+  assert ds.tfds_name == 'moving_shapes/video_paper' and ds.num_frames == 32 and ds.crop_size == 224
