@@ -5,12 +5,21 @@
     train_state         step + optimizer state (absent in converted checkpoints)
     data_<name>         each train iterator's position (Grain)
   and WORKDIR/damaged_checkpoints/<step>, a checkpoint `train` could not read, moved aside (kept).
+
+A checkpoint is moved aside only when it cannot be read as it was saved (its own metadata), never
+because the run's config differs from the one that wrote it (workdir.check_resume refuses such a
+config first; a difference it does not know stops here, one line, nothing moved). A save that
+fails (read-only, full disk, no permission, quota) stops training within that save with
+StorageError: the directory and the error in one line, the partial step removed, the earlier ones
+kept; free space is checked before training and before each save where the file system says it.
 """
 import dataclasses
+import errno
 import json
 import os
 import shutil
 import time
+import uuid
 
 import grain
 import jax
@@ -29,6 +38,27 @@ def checkpoint_dir(workdir: str) -> str:
 
 class CheckpointError(RuntimeError):
   """A checkpoint step cannot be read; the message says which, why, and what to do."""
+
+
+class StorageError(RuntimeError):
+  """A checkpoint cannot be written (read-only, full, no permission, quota): training stops."""
+
+
+TMP_MARK = '.orbax-checkpoint-tmp'  # Orbax writes step N into N.orbax-checkpoint-tmp-<id>, renamed.
+
+
+def finalized_steps(workdir: str) -> list[int]:
+  """Steps whose checkpoint Orbax has finished writing (a save in progress is a temporary
+  directory, renamed when complete), oldest first; [] without creating anything."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(ocp.path.step.checkpoint_steps(directory))
+
+
+def state_bytes(tree) -> int:
+  """Bytes of the arrays a checkpoint of `tree` writes, before compression (all hosts)."""
+  return sum(int(x.size) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, 'dtype'))
 
 
 def _why(e: BaseException) -> str:
@@ -63,10 +93,14 @@ class Checkpointer:
                read_only: bool = False, directory: str = ''):
     self.directory = directory or checkpoint_dir(workdir)
     # Readers (evaluate) open the directory without creating it and never save or delete.
+    # A writer removes the temporary directories a killed save left (never a complete step).
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else keep, create=not read_only,
-        enable_async_checkpointing=use_async and not read_only)
+        enable_async_checkpointing=use_async and not read_only,
+        cleanup_tmp_directories=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._saving = None  # The step of an asynchronous save not yet known to be complete.
+    self._failed = False
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -144,6 +178,13 @@ class Checkpointer:
             reason = 'its params hold NaN or Inf'
         except Exception as e:  # noqa: BLE001 - any reader failure means: this step is unreadable
           reason = _why(e)
+          if self.reads_as_saved(step):  # Readable under its own metadata: the config differs.
+            raise CheckpointError(
+                f'Checkpoint step {step} in {self.directory} reads as it was saved, but not into '
+                f'the model and optimizer of this config ({reason}): the config differs from the '
+                'one it was trained with. Nothing was moved. Train this config in another '
+                '--workdir, or start one from these weights with --config.init_from.kind='
+                f'checkpoint --config.init_from.path={os.path.dirname(self.directory)}.') from None
       if reason is None:
         return step, state
       where = self.move_aside(step)
@@ -151,13 +192,106 @@ class Checkpointer:
           'trying the previous step.')
     return None, None
 
+  def reads_as_saved(self, step: int) -> bool:
+    """Whether step `step` reads with its own metadata (shapes, tree): its params finite and its
+    train state (if any) whole. False: the files are damaged."""
+    if self.verify(step, deep=True) is not None:
+      return False
+    path = os.path.join(self.directory, str(step), 'train_state')
+    if os.path.isdir(path):
+      try:
+        tree = ocp.StandardCheckpointer().metadata(path).item_metadata.tree
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                              tree)
+        self.manager.restore(step, args=ocp.args.Composite(
+            train_state=ocp.args.StandardRestore(target)))
+      except Exception:  # noqa: BLE001 - unreadable as saved: damaged
+        return False
+    return True
+
+  def check_space(self, state, step: int | None = None) -> None:
+    """StorageError unless the checkpoint directory takes a file and has room for a checkpoint of
+    `state` (its arrays' bytes, + 10%; where the file system reports its free space: not on
+    gs:// and other remote stores). Process 0 checks; every process stops with it."""
+    error = ''
+    if jax.process_index() == 0 and '://' not in self.directory:
+      what = f'checkpoint step {step}' if step is not None else 'checkpoints'
+      probe = os.path.join(self.directory, f'.write_test_{uuid.uuid4().hex}')
+      try:  # A read-only or foreign directory fails here, before Orbax starts its threads.
+        os.makedirs(self.directory, exist_ok=True)
+        with open(probe, 'w') as f:
+          f.write('ok')
+        os.remove(probe)
+        need, free = 1.1 * state_bytes(state), shutil.disk_usage(self.directory).free
+        if free < need:
+          raise OSError(errno.ENOSPC, f'{free / 2**20:.1f} MiB free, a checkpoint needs about '
+                        f'{need / 2**20:.1f} MiB')
+      except OSError as e:
+        error = (f'Cannot write {what} in {self.directory}: {_oserror(e)}. '
+                 + self._kept_hint())
+    if jax.process_count() > 1:
+      ok = multihost_utils.broadcast_one_to_all(int(not error))
+      if not ok and not error:
+        error = f'Cannot write {self.directory} (process 0 found it full or not writable).'
+    if error:
+      raise StorageError(error)
+
+  def _kept_hint(self) -> str:
+    kept = [s for s in self.all_steps() if s != self._saving]
+    return ((f'Earlier checkpoints are kept (steps {kept}); ' if kept else 'No checkpoint was '
+             'saved; ') + 'free space or fix the permissions there (or give another --workdir), '
+            'then `train` again' + (f' resumes from step {kept[-1]}.' if kept else '.'))
+
+  def poll(self) -> None:
+    """StorageError once the asynchronous save in progress has failed; no wait (call it after every
+    step: a failed background save stops training at once, not at the next save)."""
+    if self._saving is None:
+      return
+    try:
+      self.manager.check_for_errors()
+      if self.manager.is_saving_in_progress():
+        return
+      self.manager.wait_until_finished()  # Done: returns at once, raising what the save raised.
+    except Exception as e:  # noqa: BLE001 - any failure of the background save
+      raise self._save_failed(e) from None
+    self._saving = None
+
+  def _save_failed(self, error: BaseException) -> StorageError:
+    """The partial step removed, the error in one line."""
+    step, self._failed = self._saving, True
+    self.discard_partial(step)
+    self._saving = None
+    return StorageError(f'Could not save checkpoint step {step} in {self.directory}: '
+                        f'{_oserror(error)}. The partial step was removed. ' + self._kept_hint())
+
+  def discard_partial(self, step: int | None = None) -> None:
+    """Removes Orbax's temporary directories (of `step`, or all): a save that did not complete,
+    never a complete checkpoint. Process 0 removes."""
+    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+      return
+    for name in os.listdir(self.directory):
+      if TMP_MARK in name and (step is None or name.split('.')[0] == str(step)):
+        shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+
   def save(self, step: int, state, iterators: dict | None = None, *, force: bool = False) -> bool:
+    self.poll()  # The previous save's failure first.
+    self.check_space(state, step)
     items = {'params': ocp.args.StandardSave(state['params']),
              'train_state': ocp.args.StandardSave({'step': state['step'],
                                                    'opt_state': state['opt_state']})}
     for name, it in (iterators or {}).items():
       items[f'data_{name}'] = grain.checkpoint.CheckpointSave(it)
-    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+    self._saving = step
+    try:
+      saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+      if not self.manager.is_saving_in_progress():  # Synchronous (or already done).
+        self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - the storage refused the save
+      raise self._save_failed(e) from None
+    if not saved:
+      self._saving = None
+    return saved
 
   def save_params(self, step: int, params) -> bool:
     """A model-only checkpoint (e.g. converted from published weights)."""
@@ -212,8 +346,34 @@ class Checkpointer:
     return restored['params']
 
   def close(self):
-    self.manager.wait_until_finished()
+    """Waits for the save in progress (StorageError if it fails), then closes Orbax's threads
+    and event loops in order. After a failed save, closes without waiting on it."""
+    if self._failed:
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001 - already reported as a StorageError
+        pass
+      return
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001 - the last save failed in the background
+      error = self._save_failed(e) if self._saving is not None else None
+      try:
+        self.manager.close()
+      except Exception:  # noqa: BLE001
+        pass
+      if error is not None:
+        raise error from None
+      raise
+    self._saving = None
     self.manager.close()
+
+
+def _oserror(e: BaseException) -> str:
+  """'Read-only file system' out of an OSError (or the first line of another error)."""
+  if isinstance(e, OSError) and e.strerror:
+    return f'{e.strerror} ({errno.errorcode.get(e.errno, e.errno)})'
+  return _why(e)
 
 
 def checkpoint_heads(workdir: str, step: int) -> dict[str, int]:

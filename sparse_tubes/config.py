@@ -6,6 +6,7 @@ the fix.
 """
 import difflib
 import math
+import os
 
 import ml_collections
 
@@ -232,3 +233,23 @@ def override(config: ml_collections.ConfigDict, **overrides) -> ml_collections.C
       raise KeyError(str(_unknown(leaf, node.keys(), where)))
     node[leaf] = value
   return config
+
+
+def load_error(spec: str, error: BaseException) -> str:
+  """One line for a config file that does not load: the file, the line (the deepest frame in that
+  file, or the syntax error's) and the error, e.g.
+    Config file configs/x.py, line 12: NameError: name 'zoo' is not defined"""
+  import traceback
+  path = spec.partition(':')[0]
+  line = None
+  if isinstance(error, SyntaxError) and error.filename and os.path.abspath(
+      error.filename) == os.path.abspath(path):
+    line = error.lineno
+  else:
+    for frame in traceback.extract_tb(error.__traceback__):
+      if os.path.abspath(frame.filename) == os.path.abspath(path):
+        line = frame.lineno
+  text = error.msg if isinstance(error, SyntaxError) else str(error).strip().splitlines()
+  text = text if isinstance(text, str) else (text[0] if text else '')
+  where = f'{path}, line {line}' if line else path
+  return f'Config file {where}: {type(error).__name__}: {text}'.rstrip(': ')

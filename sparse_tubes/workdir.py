@@ -8,10 +8,12 @@
 """
 import json
 import os
+import time
 
 import jax
 import ml_collections
 
+from sparse_tubes import atomic
 from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes import config as config_lib
 from sparse_tubes import defaults
@@ -71,6 +73,121 @@ def resolve_config(config, workdir: str, **overrides) -> ml_collections.ConfigDi
   return load_workdir(workdir, **overrides)
 
 
+# --------------------------------------------------------------------------- the resume contract
+# `train` on a workdir with checkpoints resumes them, so the config it was trained with
+# (config.json) is a contract: a change that alters what the checkpoint holds (the parameter tree,
+# the heads, the optimizer state's structure) cannot resume it, and is refused before anything is
+# restored or written. Every other change resumes, and is recorded in config_changes.jsonl.
+CHANGES = 'config_changes.jsonl'
+# config.model keys that change how the model runs, not which parameters it has.
+_RUNTIME_MODEL_KEYS = ('dropout', 'stochastic_depth', 'dtype', 'remat', 'attention_impl')
+
+
+def _flat(config) -> dict:
+  """{'model.hidden_size': 24, ...} of a config as config.json holds it (tuples as lists)."""
+  out = {}
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      if isinstance(value, dict):
+        walk(value, f'{prefix}{key}.')
+      else:
+        out[f'{prefix}{key}'] = value
+  walk(json.loads(config_to_json(config)) if not isinstance(config, dict) else config, '')
+  return out
+
+
+def _breaks(key: str, old: dict, new: dict) -> bool:
+  """Whether changing `key` makes the saved checkpoint unreadable or meaningless to resume."""
+  parts = key.split('.')
+  if parts[0] == 'model':
+    return parts[1] not in _RUNTIME_MODEL_KEYS
+  if parts[0] == 'datasets':  # Another dataset under a head's name: other classes, other data.
+    return parts[-1] in ('kind', 'tfds_name')
+  if parts[0] == 'freeze':  # Frozen parameters change the optimizer's chain.
+    return True
+  if key == 'optimizer.name':
+    return True
+  if key == 'optimizer.grad_clip_norm':  # Clipping on or off adds or drops a link of the chain.
+    return bool(old.get(key)) != bool(new.get(key))
+  return False
+
+
+def config_changes(saved, config) -> tuple[list[tuple], list[tuple]]:
+  """(breaking, safe): the keys whose value differs between the config a workdir was trained with
+  (`saved`, config.json's) and `config`, each as (key, old, new). A key config.json lacks (added
+  to the defaults since it was written) has its default value; a dataset only one side has is one
+  row, 'datasets.<name>': absent -> present (a head added) or back."""
+  old, new = _flat(saved), _flat(config)
+  fill = _flat(json.loads(config_to_json(defaults.base())))
+  names = [{k.split('.')[1] for k in c if k.startswith('datasets.')} for c in (old, new)]
+  for name in names[0] & names[1]:
+    fill.update({f'datasets.{name}.{k}': v
+                 for k, v in _flat(json.loads(config_to_json(defaults.dataset()))).items()})
+  for side in (old, new):
+    for key, value in fill.items():
+      side.setdefault(key, value)
+  breaking, safe = [], []
+  for name in sorted(names[0] ^ names[1]):
+    breaking.append((f'datasets.{name}', 'present' if name in names[0] else None,
+                     'present' if name in names[1] else None))
+  for key in sorted(set(old) | set(new)):
+    if key.startswith('datasets.') and key.split('.')[1] in names[0] ^ names[1]:
+      continue
+    a, b = old.get(key), new.get(key)
+    if a != b:
+      (breaking if _breaks(key, old, new) else safe).append((key, a, b))
+  return breaking, safe
+
+
+class ConfigMismatch(ValueError):
+  """`train` on a workdir whose checkpoints were trained with an incompatible config."""
+
+
+def _value(v) -> str:
+  return 'absent' if v is None else v if v == 'present' else json.dumps(v)
+
+
+def check_resume(config, workdir: str, steps: list[int], *, log=print) -> list[tuple]:
+  """Compares `config` with the config.json of a `workdir` that holds checkpoints (`steps`),
+  before anything is restored or written. Raises ConfigMismatch (the differing keys, old -> new,
+  and the two ways forward) for a change the checkpoints cannot resume with; returns the safe
+  changes (also logged, with a warning for a batch size change) for `record_changes`."""
+  path = os.path.join(workdir, WORKDIR_CONFIG)
+  if not steps or not os.path.exists(path):
+    return []
+  with open(path) as f:
+    saved = json.load(f)
+  breaking, safe = config_changes(saved, config)
+  if breaking:
+    keys = '; '.join(f'config.{k}: {_value(a)} -> {_value(b)}' for k, a, b in breaking)
+    raise ConfigMismatch(
+        f'{os.path.abspath(workdir)} holds checkpoints (steps {steps}) trained with another '
+        f'config, which they cannot resume with: {keys}. Nothing was changed there. Train this '
+        f'config in another --workdir, or start a new run from these weights: --workdir=NEW_DIR '
+        f'--config.init_from.kind=checkpoint --config.init_from.path={os.path.abspath(workdir)}'
+        f' (config.init_from.keep_heads=True keeps the heads).')
+  if safe:
+    log(f'Resuming {os.path.abspath(workdir)} with config changes (recorded in {CHANGES}): '
+        + '; '.join(f'config.{k}: {_value(a)} -> {_value(b)}' for k, a, b in safe))
+  for key, a, b in safe:
+    if key.startswith('datasets.') and key.endswith('.batch_size'):
+      log(f'Warning: config.{key} changed {a} -> {b} on resume: the steps already taken saw '
+          f'batches of {a}, the learning-rate schedule counts steps, so the run sees '
+          f'{b / a if a else 0:.2g}x the planned examples from here on.')
+  return safe
+
+
+def record_changes(workdir: str, step: int, changes: list[tuple]) -> None:
+  """Appends the safe changes a resume went through with to WORKDIR/config_changes.jsonl."""
+  if not changes or jax.process_index() != 0:
+    return
+  row = {'time': time.strftime('%Y-%m-%dT%H:%M:%S'), 'resumed_step': step,
+         'changes': {k: {'old': a, 'new': b} for k, a, b in changes}}
+  with open(os.path.join(workdir, CHANGES), 'a') as f:
+    f.write(json.dumps(row) + '\n')
+
+
 SNAPSHOT = '''"""The config of this workdir, as `{command}` wrote it (config.json beside this file).
 
   python -m sparse_tubes evaluate --config={path} --workdir={workdir} --config.some.field=value
@@ -93,11 +210,11 @@ def save_workdir(config: ml_collections.ConfigDict, workdir: str, *, command: st
   os.makedirs(workdir, exist_ok=True)
   if jax.process_index() != 0:
     return
-  with open(os.path.join(workdir, WORKDIR_CONFIG), 'w') as f:
-    f.write(config_to_json(config))
+  atomic.write_text(os.path.join(workdir, WORKDIR_CONFIG), config_to_json(config))
   py = os.path.join(workdir, 'config.py')
-  with open(py, 'w') as f:
-    f.write(SNAPSHOT.format(command=command, path=py, workdir=workdir))
+  # Paths go into a docstring: a backslash or a triple quote in them must not end or escape it.
+  quote = lambda p: p.replace('\\', '\\\\').replace('"""', '\\"\\"\\"')
+  atomic.write_text(py, SNAPSHOT.format(command=command, path=quote(py), workdir=quote(workdir)))
 
 
 
@@ -111,8 +228,7 @@ def read_converted(workdir: str) -> dict | None:
 
 
 def write_converted(workdir: str, info: dict) -> None:
-  with open(os.path.join(workdir, CONVERTED), 'w') as f:
-    json.dump(info, f, indent=2)
+  atomic.write_text(os.path.join(workdir, CONVERTED), json.dumps(info, indent=2))
 
 
 def train_target(config, workdir: str):

@@ -22,8 +22,12 @@ Per checkpoint and dataset, in DIR/eval/:
   <dataset>_<split>_step<N>_confusion.png (<= 100 classes; needs matplotlib) or
   <dataset>_<split>_step<N>_confused.csv  the most-confused (label, predicted) pairs
 and TensorBoard scalars in DIR/tensorboard/eval at the checkpoint's step; DIR/eval_results.json
-holds the last evaluation's summary.
+holds the last evaluation's summary. Every file is written whole or not at all (atomic.py): a result
+that does not parse (a kill mid-write by an older version) is evaluated again, not skipped. One
+`evaluate` per workdir and dataset at a time (WORKDIR/evaluate_<dataset>.lock, like train.lock):
+a second one says which process holds it. A workdir that does not exist is an error, never created.
 """
+import contextlib
 import csv
 import json
 import os
@@ -32,14 +36,14 @@ import time
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
-import orbax.checkpoint as ocp
 
+from sparse_tubes import atomic
 from sparse_tubes import config as config_lib
 from sparse_tubes import validation
 from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes.data import sources
 from sparse_tubes.multiview import CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
-from sparse_tubes.train import metrics
+from sparse_tubes.train import metrics, workdir_lock
 
 MODES = ('latest', 'all', 'watch')
 
@@ -52,13 +56,17 @@ def result_path(workdir: str, dataset: str, split: str, step: int, suffix: str =
   return os.path.join(eval_dir(workdir), f'{dataset}_{split}_step{step}{suffix}')
 
 
-def finalized_steps(workdir: str) -> list[int]:
-  """Steps whose checkpoint Orbax has finished writing (a save in progress is a temporary
-  directory, renamed when complete), oldest first."""
-  directory = ckpt_lib.checkpoint_dir(workdir)
-  if not os.path.isdir(directory):
-    return []
-  return sorted(ocp.path.step.checkpoint_steps(directory))
+finalized_steps = ckpt_lib.finalized_steps
+
+
+def _complete(path: str) -> bool:
+  """Whether a result JSON is there and parses (not one a kill cut short)."""
+  try:
+    with open(path) as f:
+      json.load(f)
+    return True
+  except (OSError, ValueError):
+    return False
 
 
 def _agreed(steps: list[int]) -> list[int]:
@@ -94,7 +102,13 @@ class _Run:
     self.data_dir, self.infos = sources.dataset_infos(config)
     self.classes = sources.num_classes(config, self.infos)
     self.evaluator = None
-    self.writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard', 'eval'))
+    self._writer = None  # Created with the first result: a typo'd --workdir stays uncreated.
+
+  @property
+  def writer(self) -> metrics.MetricWriter:
+    if self._writer is None:
+      self._writer = metrics.MetricWriter(os.path.join(self.workdir, 'tensorboard', 'eval'))
+    return self._writer
 
   def final_step(self) -> int:
     return config_lib.total_steps(self.config, {
@@ -102,7 +116,7 @@ class _Run:
 
   def done(self, step: int) -> bool:
     names = list(self.config.eval_datasets) or sorted(self.config.datasets)
-    return all(os.path.exists(result_path(self.workdir, n, self.config.datasets[n].eval_split, step))
+    return all(_complete(result_path(self.workdir, n, self.config.datasets[n].eval_split, step))
                for n in names)
 
   def __call__(self, step: int | None) -> dict:
@@ -127,7 +141,8 @@ class _Run:
       pred, names = predictions[name], self.infos[name].class_names
       split = res['split']
       count, correct, confusion = class_table(pred, res['num_classes'])
-      with open(result_path(self.workdir, name, split, step, '_classes.csv'), 'w', newline='') as f:
+      with atomic.open_atomic(result_path(self.workdir, name, split, step, '_classes.csv'),
+                              newline='') as f:
         w = csv.writer(f)
         w.writerow(['class', 'name', 'videos', 'top1'])
         for c in range(res['num_classes']):
@@ -138,20 +153,20 @@ class _Run:
             confusion, names, result_path(self.workdir, name, split, step, '_confusion.png'),
             f'{name} ({split}), step {step}')
       else:
-        with open(result_path(self.workdir, name, split, step, '_confused.csv'), 'w',
-                  newline='') as f:
+        with atomic.open_atomic(result_path(self.workdir, name, split, step, '_confused.csv'),
+                                newline='') as f:
           w = csv.writer(f)
           w.writerow(['label', 'predicted', 'videos'])
           w.writerows([p['label'], p['predicted'], p['videos']] for p in res['most_confused'])
-      with open(result_path(self.workdir, name, split, step), 'w') as f:
-        json.dump({'step': step, 'dataset': name, **res}, f, indent=2)
-    with open(os.path.join(self.workdir, 'eval_results.json'), 'w') as f:
-      json.dump(summary, f, indent=2)
+      atomic.write_text(result_path(self.workdir, name, split, step),
+                        json.dumps({'step': step, 'dataset': name, **res}, indent=2))
+    atomic.write_text(os.path.join(self.workdir, 'eval_results.json'), json.dumps(summary, indent=2))
     if self.save_predictions:
       save_predictions(self.save_predictions, predictions, step)
 
   def close(self):
-    self.writer.close()
+    if self._writer is not None:
+      self._writer.close()
 
 
 def _confusion_png(confusion: np.ndarray, names, path: str, title: str) -> str:
@@ -173,7 +188,8 @@ def _confusion_png(confusion: np.ndarray, names, path: str, title: str) -> str:
   ax.set_ylabel('label')
   ax.set_title(title)
   fig.tight_layout()
-  fig.savefig(path, dpi=80)
+  with atomic.open_atomic(path, 'wb') as f:
+    fig.savefig(f, dpi=80, format='png')
   plt.close(fig)
   return os.path.abspath(path)
 
@@ -188,19 +204,40 @@ def save_predictions(path: str, predictions: dict, step: int) -> str:
     arrays.update({f'{name}/index': p.index, f'{name}/id': np.array(p.key), f'{name}/label': p.label,
                    f'{name}/scores': p.scores, f'{name}/aggregation': np.array(p.aggregation)})
   arrays['step'] = np.array(step)
-  os.makedirs(os.path.dirname(os.path.abspath(path)) or '.', exist_ok=True)
-  np.savez(path, **arrays)
+  path = path if path.endswith('.npz') else path + '.npz'  # What np.savez(path) would write.
+  with atomic.open_atomic(path, 'wb') as f:
+    np.savez(f, **arrays)
   return path
+
+
+def _check_workdir(workdir: str) -> None:
+  if not os.path.isdir(workdir):
+    raise FileNotFoundError(f'--workdir={workdir} does not exist: give the workdir `train` or '
+                            '`convert` wrote.')
+
+
+@contextlib.contextmanager
+def _locked(config, workdir: str):
+  """The evaluate lock of every dataset this run evaluates (workdir_lock.eval_lock), in name
+  order (two evaluators with overlapping datasets cannot each hold one and wait for the other)."""
+  names = sorted(config.eval_datasets or config.datasets)
+  with contextlib.ExitStack() as stack:
+    for name in names:
+      stack.enter_context(workdir_lock.hold(workdir, name=workdir_lock.eval_lock(name),
+                                            command=f'evaluate (dataset {name})'))
+    yield
 
 
 def evaluate(config, workdir: str, *, step: int | None = None,
              save_predictions: str | None = None) -> dict:
   """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
-  job = _Run(config, workdir, save_predictions)
-  try:
-    return job(step)
-  finally:
-    job.close()
+  _check_workdir(workdir)
+  with _locked(config, workdir):
+    job = _Run(config, workdir, save_predictions)
+    try:
+      return job(step)
+    finally:
+      job.close()
 
 
 def evaluate_checkpoints(config, workdir: str, checkpoint: str | int = 'latest', *,
@@ -211,6 +248,15 @@ def evaluate_checkpoints(config, workdir: str, checkpoint: str | int = 'latest',
   first, and hands each to `on_result` as it is done (the command prints its table)."""
   if checkpoint not in MODES and not isinstance(checkpoint, int):
     checkpoint = parse_checkpoint(str(checkpoint))
+  _check_workdir(workdir)
+  with _locked(config, workdir):
+    return _evaluate_checkpoints(config, workdir, checkpoint, force=force,
+                                 watch_timeout=watch_timeout, poll_s=poll_s,
+                                 save_predictions=save_predictions, on_result=on_result)
+
+
+def _evaluate_checkpoints(config, workdir, checkpoint, *, force, watch_timeout, poll_s,
+                          save_predictions, on_result) -> list[dict]:
   job = _Run(config, workdir, None)
   summaries = []
 
@@ -325,5 +371,5 @@ def main(flags, args):
     evaluate_checkpoints(config, workdir, checkpoint, force=flags.force,
                          watch_timeout=flags.watch_timeout, save_predictions=flags.save_predictions,
                          on_result=lambda s: print(results_table(s), flush=True))
-  except (ckpt_lib.CheckpointError, FileNotFoundError) as e:
+  except (ckpt_lib.CheckpointError, FileNotFoundError, workdir_lock.WorkdirLocked) as e:
     raise SystemExit(f'Error: {e}') from None

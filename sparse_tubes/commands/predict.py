@@ -11,15 +11,21 @@ multi-view evaluation's pre-processing, data/pipeline.py); the views'
 logits are averaged. A `.npy` file holds a float32 clip batch (B, T, H, W, C), already normalized,
 and is fed as is (one row of logits per clip). The top classes are printed with their names
 (the HF config's id2label for converted checkpoints, else the dataset's class names).
+
+The input is checked before the checkpoint is read: a missing, empty or undecodable file is one
+line; a video shorter than one view's frames, or smaller than its crop, is a warning (its frames
+are repeated or upscaled, as in the evaluation).
 """
 import os
 import re
 import sys
 
+import av
 import jax
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import atomic
 from sparse_tubes import config as config_lib
 from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes import workdir as workdir_lib
@@ -36,16 +42,56 @@ def _fps(tfds_name: str) -> float | None:
   return 25.0 if tfds_name.startswith('kinetics') else None
 
 
-def video_views(path: str, ds_cfg, *, fps: float | None = None) -> np.ndarray:
+def decode_input(path: str, ds_cfg, *, fps: float | None = None):
+  """The decoded video (video_io.Decoded), or one line (ValueError) for a file that is not a video;
+  warns when it is shorter than one view's frames or smaller than its crop."""
+  check_input(path)
+  rate = fps if fps is not None else _fps(ds_cfg.tfds_name)
+  try:
+    decoded = video_io.decode_video(path, fps=rate, short_side=int(ds_cfg.min_resize))
+  except video_io.VideoError as e:
+    raise ValueError(f'--input={path} is not a video this can read ({e.reason}: '
+                     f'{str(e.detail).splitlines()[0] if e.detail else e.reason}).') from None
+  with av.open(path, metadata_errors='ignore') as container:  # The size before resizing.
+    stream = container.streams.video[0]
+    height, width = stream.codec_context.height, stream.codec_context.width
+  need = int(ds_cfg.num_frames) * int(ds_cfg.frame_stride)
+  problems = []
+  if len(decoded.frames) < need:
+    problems.append(f'{len(decoded.frames)} frames at {decoded.fps:g} fps, one view takes '
+                    f'num_frames x frame_stride = {need} (frames are repeated)')
+  if min(height, width) < int(ds_cfg.crop_size):
+    problems.append(f'{height}x{width} pixels, smaller than the '
+                    f'{ds_cfg.crop_size}x{ds_cfg.crop_size} crop (upscaled)')
+  if problems:
+    print(f'Warning: {path}: ' + '; '.join(problems) + '; the predictions may be poor.',
+          file=sys.stderr, flush=True)
+  return decoded
+
+
+def video_views(path: str, ds_cfg, *, fps: float | None = None, decoded=None) -> np.ndarray:
   """(views, T, H, W, C) float32 eval views of a video file, in the order the evaluation uses."""
-  decoded = video_io.decode_video(path, fps=fps if fps is not None else _fps(ds_cfg.tfds_name),
-                                  short_side=int(ds_cfg.min_resize))
+  decoded = decoded or decode_input(path, ds_cfg, fps=fps)
   return pipeline.video_eval_views(ds_cfg, decoded.frames)
+
+
+def check_input(path: str) -> None:
+  """FileNotFoundError / ValueError, one line, for an input that is missing, empty or a folder."""
+  if not os.path.exists(path):
+    raise FileNotFoundError(f'--input={path} does not exist.')
+  if os.path.isdir(path):
+    raise ValueError(f'--input={path} is a directory: give one video file or a .npy clip batch.')
+  if os.path.getsize(path) == 0:
+    raise ValueError(f'--input={path} is empty (0 bytes).')
 
 
 def load_clips(path: str) -> np.ndarray:
   """A .npy clip batch, checked before any model is built: finite, already normalized."""
-  x = np.load(path)
+  check_input(path)
+  try:
+    x = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise ValueError(f'--input={path} is not a readable .npy array ({e}).') from None
   if x.ndim not in (4, 5):
     raise ValueError(f'{path}: expected a clip batch (B, T, H, W, C) (or images (B, H, W, C)), '
                      f'got shape {x.shape}.')
@@ -83,7 +129,18 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
             save_logits: str | None = None, dataset: str | None = None, step: int | None = None,
             fps: float | None = None, batch_size: int | None = None) -> dict:
   """Logits and top-k classes of `input_path` (.npy clip batch or a video file)."""
+  # The input first: a wrong file is reported before a checkpoint is read or a model built. A
+  # video is decoded for the head the config suggests (the checkpoint's heads say the final one).
   npy = load_clips(input_path) if input_path.endswith('.npy') else None
+  guess, decoded = dataset, None
+  if npy is None:
+    video = [n for n in list(config.eval_datasets) or sorted(config.datasets)
+             if config.datasets[n].kind == 'video']
+    guess = dataset if dataset in config.datasets else (video or [None])[0]
+    if guess is not None:
+      decoded = decode_input(input_path, config.datasets[guess], fps=fps)
+    else:
+      check_input(input_path)
   restored = ckpt_lib.restore_params(config, workdir, step)
   params, num_classes, step = restored.params, restored.num_classes, restored.step
   dataset = workdir_lib.choose_head(config, num_classes, dataset)
@@ -94,7 +151,9 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
   else:
     if dataset not in config.datasets:
       raise ValueError(f'head {dataset!r} has no dataset in the config to take the eval views from.')
-    x = video_views(input_path, config.datasets[dataset], fps=fps)
+    if dataset != guess:  # Another head: its own frame rate and checks.
+      decoded = None
+    x = video_views(input_path, config.datasets[dataset], fps=fps, decoded=decoded)
     kind, groups = 'video', len(x)
 
   mesh, rules, graphdef = restored.mesh, restored.rules, restored.spec.graphdef
@@ -112,8 +171,8 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
   if groups:  # one video: its views' logits averaged
     logits = logits.mean(axis=0, keepdims=True)
   if save_logits:
-    os.makedirs(os.path.dirname(os.path.abspath(save_logits)), exist_ok=True)
-    np.save(save_logits, logits)
+    with atomic.open_atomic(save_logits, 'wb') as f:
+      np.save(f, logits)
 
   names = workdir_lib.class_names(config, workdir, dataset, logits.shape[-1])
   probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -145,7 +204,10 @@ def format_result(result: dict) -> str:
 def main(flags, args):
   from sparse_tubes.commands import config_and_workdir, need
   config, workdir = config_and_workdir(flags)
-  result = predict(config, workdir, need(flags.input, 'input', 'video.mp4'), top_k=flags.top_k,
-                   save_logits=flags.save_logits, dataset=flags.dataset, step=flags.step,
-                   fps=flags.fps)
+  try:
+    result = predict(config, workdir, need(flags.input, 'input', 'video.mp4'), top_k=flags.top_k,
+                     save_logits=flags.save_logits, dataset=flags.dataset, step=flags.step,
+                     fps=flags.fps)
+  except (FileNotFoundError, ValueError, ckpt_lib.CheckpointError) as e:
+    raise SystemExit(f'Error: {e}') from None
   print(format_result(result), flush=True)

@@ -3,8 +3,10 @@ checkpoints, resumption, preemption, periodic evaluation.
 
   python -m sparse_tubes train --config=CONFIG.py[:arg] --workdir=DIR [--config.field=value]
 """
+import contextlib
 import os
 import re
+import sys
 
 import jax
 from absl import logging
@@ -62,12 +64,15 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   init_lib.validate(config)
   if jax.process_count() > 1:
     distributed.prefix_logs()  # Also when jax.distributed was started by the caller.
+  # The config the checkpoints were trained with is a contract: a change they cannot resume with
+  # stops here, before anything is restored or written (config.json stays as it was).
+  changes = workdir_lib.check_resume(config, workdir, ckpt_lib.finalized_steps(workdir), log=_print)
   mesh, rules = sharding.mesh_and_rules(config)
   data_dir, infos = sources.dataset_infos(config)
   num_classes = sources.num_classes(config, infos)
   total_steps = config_lib.total_steps(
       config, {n: i.num_examples[config.datasets[n].train_split] for n, i in infos.items()})
-  workdir_lib.save_workdir(config, workdir, command='train')
+  os.makedirs(workdir, exist_ok=True)
 
   program = step_lib.build(config, num_classes, mesh, rules, total_steps)
   spec, tx, frozen = program.spec, program.tx, program.frozen
@@ -87,7 +92,12 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
 
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
-  start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators, log=_print)
+  try:
+    start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators,
+                                       log=_print)
+  except BaseException:
+    ckpt.close()
+    raise
   if start is not None:
     _print(f'Resuming from step {start} in {ckpt.directory}')
   else:
@@ -97,18 +107,27 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
     for line in report:
       logging.info(line)
       _print(line)
+  # Written once the checkpoints are known to fit this config (a refused run leaves it as it was).
+  workdir_lib.save_workdir(config, workdir, command='train')
+  workdir_lib.record_changes(workdir, start, changes)
 
-
-  writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'))
+  try:
+    ckpt.check_space(state)  # A full or read-only disk says so now, not at the first save.
+  except ckpt_lib.StorageError:
+    ckpt.close()
+    raise
+  # Rows of the steps after `start` (an interrupted run's) are dropped: they are done again.
+  writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'), resume_step=start)
   if start == 0:
     writer.write_hparams({k: str(v) for k, v in config.items()})
   examples = sum(ds.batch_size for ds in config.datasets.values())
   progress = metrics.ReportProgress(total_steps, examples, start)
   profile = metrics.Profile(config.profile, os.path.join(workdir, 'tensorboard'))
-  guard = preemption.PreemptionGuard()
   evaluator = None
   if config.eval_every_steps:
     evaluator = Evaluator(config, spec, mesh, rules, data_dir, infos)
+  # Ctrl-C and SIGTERM save and stop from here on; a second Ctrl-C drops the save in progress.
+  guard = preemption.PreemptionGuard(on_abort=ckpt.discard_partial)
   pending, last = [], {}
   watch, stop = nonfinite.Watch(config.on_nonfinite, config.max_nonfinite_skips), ''
 
@@ -129,7 +148,8 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   # iterators' positions as of the batches taken (feed.positions()), not their live state.
   feed = prefetch.Prefetcher(iterators, lambda b: sharding.global_batch(b, mesh, rules),
                              size=config.prefetch_batches, limit=max(end - step, 0))
-  with feed, jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  with _closed_on_error(guard, writer, ckpt), feed, jax.set_mesh(mesh), \
+      nnx.logical_axis_rules(rules):
     while step < end:
       profile(step, block_on=state)
       batch = next(feed)
@@ -138,6 +158,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
       state, step_metrics = train_step(state, batch)
       step += 1
       pending.append((step, step_metrics))  # Fetched at log time: no host sync every step.
+      ckpt.poll()  # A background save that failed stops the run now (StorageError).
 
       if step % config.log_every_steps == 0 or step == end:
         drain()
@@ -167,15 +188,21 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
         ckpt.save(step, state, feed.positions(), force=preempted)
         writer.flush()
       if preempted:
-        _print(f'Stopped by preemption at step {step}; the next `train` resumes here.')
+        if guard.interrupted:
+          _print(f'Interrupted (Ctrl-C) at step {step}: checkpoint saved in {ckpt.directory}; '
+                 '`train` again resumes here.')
+        else:
+          _print(f'Stopped by preemption at step {step}; the next `train` resumes here.')
         break
 
   drain()  # Steps after the last log line (a preemption) are written too.
-  ckpt.close()
-  writer.flush()
-  guard.restore_handler()
-  summary = {'step': step, 'first_step_s': progress.first_step_s, **last}
-  writer.close()
+  try:
+    ckpt.close()  # Waits for the last save: StorageError if it failed.
+  finally:
+    guard.restore_handler()
+    writer.close()
+  summary = {'step': step, 'first_step_s': progress.first_step_s,
+             'interrupted': guard.interrupted, **last}
   if stop:
     good = ckpt.latest_step()
     raise nonfinite.NonFiniteError(
@@ -184,6 +211,22 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
         + "; no checkpoint after it was saved. Lower config.optimizer.learning_rate (or check the "
         "data), or set config.on_nonfinite='skip', and train again: it resumes from there.")
   return summary
+
+
+@contextlib.contextmanager
+def _closed_on_error(guard, writer, ckpt):
+  """On an error (or a KeyboardInterrupt) in the loop: the signal handlers back, the metrics
+  flushed, the checkpoint manager closed in order (left open, its event loop prints "Event loop is
+  closed" tracebacks at exit). The error itself goes on."""
+  try:
+    yield
+  except BaseException:
+    guard.restore_handler()
+    with contextlib.suppress(Exception):
+      writer.close()
+    with contextlib.suppress(Exception):
+      ckpt.close()
+    raise
 
 
 def main(flags, args):
@@ -197,7 +240,20 @@ def main(flags, args):
     workdir = target
   try:
     summary = train(config, workdir)
-  except (nonfinite.NonFiniteError, workdir_lock.WorkdirLocked, ckpt_lib.CheckpointError) as e:
+  except ckpt_lib.StorageError as e:
+    # One line, then out at once: Orbax threads waiting on a directory that was never created
+    # would hold the exit for minutes (their 300 s timeout).
+    print(f'Error: {e}', file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
+  except (nonfinite.NonFiniteError, workdir_lock.WorkdirLocked, ckpt_lib.CheckpointError,
+          workdir_lib.ConfigMismatch) as e:
     raise SystemExit(f'Error: {e}') from None  # One line and a non-zero exit code.
+  except KeyboardInterrupt:  # Before the loop took over Ctrl-C: nothing new was saved.
+    print('Interrupted (Ctrl-C) before training started; no checkpoint was written.',
+          file=sys.stderr, flush=True)
+    raise SystemExit(preemption.INTERRUPTED_EXIT) from None
+  if summary.get('interrupted'):
+    raise SystemExit(preemption.INTERRUPTED_EXIT)
   print(f"Trained to step {summary['step']}; checkpoints in {os.path.join(workdir, 'checkpoints')}",
         flush=True)
