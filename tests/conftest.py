@@ -13,6 +13,15 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# One persistent compilation cache for the whole suite: both xdist workers and every subprocess a
+# test starts (the environment is inherited). Tests build fresh jitted functions, which JAX's
+# in-memory cache cannot match, so the tiny configs' steps were compiled again in every test; the
+# persistent cache keys on the program itself. It lives in this checkout (.pytest_cache is not
+# tracked), so a fresh clone starts empty and timings of the suite stay honest.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', str(REPO / '.pytest_cache' / 'jax'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
 from sparse_tubes import config as config_lib  # noqa: E402
 
 
