@@ -12,13 +12,18 @@
   python -m sparse_tubes plan     --config=CONFIG.py[:arg] --topology=v5e:4x4 [--json]
   python -m sparse_tubes predict  --workdir=DIR --input=VIDEO|CLIPS.npy [--config=...] [--top_k=5]
                                   [--save_logits=OUT.npy] [--dataset=NAME] [--step=N] [--fps=F]
+  python -m sparse_tubes predict  --workdir=DIR --input=VIDEO --segments=SECONDS[:STRIDE]
+                                  [--output=OUT.json]
+  python -m sparse_tubes features --workdir=DIR --split=DATASET[:SPLIT] --output=DIR [--per_view]
+  python -m sparse_tubes features --workdir=DIR --input=VIDEO|FOLDER --output=DIR [--per_view]
+  python -m sparse_tubes convert  --to=onnx --workdir=DIR --output=model.onnx [--dataset=NAME]
   python -m sparse_tubes bench    step|attention|data|zoo [--config=CONFIG.py[:arg]] [--json] ...
                                   (commands/bench.py lists the options)
 
 Each command is one module of sparse_tubes/commands/ with a `main(flags, args)`; this file holds
 the flags they share and dispatches.
 
-  train, evaluate, predict (and convert --to) take --workdir alone when the workdir holds the
+  train, evaluate, predict, features (and convert --to) take --workdir alone when the workdir holds the
   config.json that `train` or `convert` wrote; --config=DIR/config.py loads the same config and
   takes --config.field overrides.
 
@@ -33,7 +38,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-COMMANDS = ('train', 'evaluate', 'predict', 'info', 'plan', 'bench', 'prepare', 'convert')
+COMMANDS = ('train', 'evaluate', 'predict', 'features', 'info', 'plan', 'bench', 'prepare',
+            'convert')
 POSITIONAL = ('prepare', 'bench')  # commands that take words besides flags
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (a get_config(arg) module).',
@@ -65,24 +71,36 @@ _BEAM_OPTIONS = flags.DEFINE_string('beam_options', '', 'prepare --beam_runner: 
                                     'options as one string, e.g. "--project=P --region=R".')
 _FROM = flags.DEFINE_enum('from', None, ['hf', 'timesformer', 'vit_npz'],
                           'convert: the kind of checkpoint --input is.')
-_TO = flags.DEFINE_enum('to', None, ['hf'], 'convert: export the workdir checkpoint to this layout.')
+_TO = flags.DEFINE_enum('to', None, ['hf', 'onnx'], 'convert: export the workdir checkpoint to this '
+                        'layout.')
 _INPUT = flags.DEFINE_string('input', None, 'convert: checkpoint path; predict: a video file or a '
-                             '.npy clip batch (B,T,H,W,C float32).')
-_OUTPUT = flags.DEFINE_string('output', None, 'convert --to=hf: the directory to write.')
+                             '.npy clip batch (B,T,H,W,C float32); features: a video file or a '
+                             'folder of them.')
+_OUTPUT = flags.DEFINE_string('output', None, 'convert --to=hf: the directory to write; --to=onnx: '
+                              'the .onnx file; features: the folder of shards; predict --segments: '
+                              'the .json (a .csv beside it).')
 _NUM_HEADS = flags.DEFINE_integer('num_heads', None, 'convert --from=timesformer: attention heads '
                                   '(not in the file; default hidden/64).')
 _TOP_K = flags.DEFINE_integer('top_k', 5, 'predict: how many classes to print.')
 _SAVE_LOGITS = flags.DEFINE_string('save_logits', None, 'predict: write the logits here (.npy).')
-_DATASET = flags.DEFINE_string('dataset', None, 'predict, convert --to: which head (dataset) to use '
-                               '(default: the first video dataset).')
+_DATASET = flags.DEFINE_string('dataset', None, 'predict, features, convert --to: which head '
+                               '(dataset) to use (default: the first video dataset).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'train, evaluate: host:port of '
                                    'process 0, for a multi-process run jax cannot detect by itself.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'train, evaluate: processes in the run.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'train, evaluate: this process, 0-based.')
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'plan: the TPU slice, e.g. v5e:4x4, v4:2x2x4, '
                                 'v5p:2x4x4, v6e:4x4 (default: config.topology).')
-_FPS = flags.DEFINE_float('fps', None, 'predict: frame rate to decode a video at (default: the '
-                          "dataset's stored rate, 25 for Kinetics).")
+_FPS = flags.DEFINE_float('fps', None, 'predict, features: frame rate to decode a video at '
+                          "(default: the dataset's stored rate, 25 for Kinetics).")
+_SEGMENTS = flags.DEFINE_string('segments', None, 'predict: SECONDS[:STRIDE]: top classes of each '
+                                'segment of a long video, with start and end times.')
+_SPLIT = flags.DEFINE_string('split', None, 'features: DATASET[:SPLIT], a prepared split of a '
+                             'dataset of the config (SPLIT defaults to its eval_split).')
+_PER_VIEW = flags.DEFINE_bool('per_view', False, "features: also keep every view's features.")
+_VIDEOS_PER_SHARD = flags.DEFINE_integer('videos_per_shard', None, 'features: videos per output '
+                                         'shard (default 1024); finished shards are skipped when '
+                                         'a run resumes.')
 
 
 # bench

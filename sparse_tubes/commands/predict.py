@@ -2,6 +2,7 @@
 
   predict --workdir=DIR --input=video.mp4 [--config=CONFIG.py] [--top_k=5] [--save_logits=OUT.npy]
           [--dataset=NAME] [--step=N] [--fps=F]
+  predict --workdir=DIR --input=long.mp4 --segments=SECONDS[:STRIDE] [--output=OUT.json] ...
 
 A video file is decoded with PyAV (data/video_io.py) and cut into the eval views of the dataset
 whose head is used (`eval_temporal_views` x `eval_spatial_views` clips of `num_frames` at
@@ -12,12 +13,21 @@ logits are averaged. A `.npy` file holds a float32 clip batch (B, T, H, W, C), a
 and is fed as is (one row of logits per clip). The top classes are printed with their names
 (the HF config's id2label for converted checkpoints, else the dataset's class names).
 
+--segments cuts a long video into segments [k * STRIDE, k * STRIDE + SECONDS) (STRIDE defaults to
+SECONDS), each cut into eval views as a whole video would be, and prints and writes the top classes
+of each with its start and end time: OUT.json and OUT.csv (default WORKDIR/predictions/
+<video>_segments.json), each written whole. The file is decoded once, front to back, and at most
+one segment's frames are held (inference.segments), so a long video costs no more memory than a
+segment. A last, shorter segment covers the frames after the last full one.
+
 The input is checked before the checkpoint is read: a missing, empty or undecodable file is one
 line; a video shorter than one view's frames, or smaller than its crop, is a warning (its frames
 are repeated or upscaled, as in the evaluation).
 """
+import csv
+import io
+import json
 import os
-import re
 import sys
 
 import av
@@ -28,25 +38,17 @@ from flax import nnx
 from sparse_tubes import atomic
 from sparse_tubes import config as config_lib
 from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes import inference
 from sparse_tubes import workdir as workdir_lib
 from sparse_tubes.models import tokenizers
 from sparse_tubes.data import pipeline, video_io
-
-
-def _fps(tfds_name: str) -> float | None:
-  """The frame rate `prepare` stored the dataset at: '.../10fps_128px' says it; Kinetics defaults to
-  25 fps; SSv2 and the built-in data keep the source rate."""
-  m = re.search(r'/(?:(\d+(?:\.\d+)?)fps|native)_', tfds_name)
-  if m:
-    return float(m.group(1)) if m.group(1) else None
-  return 25.0 if tfds_name.startswith('kinetics') else None
 
 
 def decode_input(path: str, ds_cfg, *, fps: float | None = None):
   """The decoded video (video_io.Decoded), or one line (ValueError) for a file that is not a video;
   warns when it is shorter than one view's frames or smaller than its crop."""
   check_input(path)
-  rate = fps if fps is not None else _fps(ds_cfg.tfds_name)
+  rate = inference.decode_fps(ds_cfg, fps)
   try:
     decoded = video_io.decode_video(path, fps=rate, short_side=int(ds_cfg.min_resize))
   except video_io.VideoError as e:
@@ -177,14 +179,83 @@ def predict(config, workdir: str, input_path: str, *, top_k: int = 5,
   names = workdir_lib.class_names(config, workdir, dataset, logits.shape[-1])
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
-  k = min(top_k, logits.shape[-1])
-  top = []
-  for row_logits, row_probs in zip(logits, probs):
-    order = np.argsort(-row_logits)[:k]
-    top.append([{'index': int(j), 'label': names[j], 'prob': float(row_probs[j]),
-                 'logit': float(row_logits[j])} for j in order])
+  top = [top_classes(row_logits, row_probs, names, top_k)
+         for row_logits, row_probs in zip(logits, probs)]
   return {'input': input_path, 'kind': kind, 'views': groups, 'step': step, 'dataset': dataset,
           'logits': logits, 'top': top}
+
+
+def top_classes(logits: np.ndarray, probs: np.ndarray, names, k: int) -> list[dict]:
+  order = np.argsort(-logits, kind='stable')[:min(k, len(logits))]
+  return [{'index': int(j), 'label': names[j], 'prob': float(probs[j]),
+           'logit': float(logits[j])} for j in order]
+
+
+def predict_segments(config, workdir: str, input_path: str, segments: str, *, top_k: int = 5,
+                     output: str | None = None, dataset: str | None = None,
+                     step: int | None = None, fps: float | None = None, echo: bool = True,
+                     stats: dict | None = None) -> dict:
+  """Top-k classes of each segment of a long video (`segments`: 'SECONDS[:STRIDE]'), each
+  segment's views' logits averaged; printed as they come (`echo`) and written to `output` (.json)
+  and the .csv beside it. `stats` gets the decoding's (inference.segments)."""
+  seconds, stride = inference.parse_segments(segments)
+  check_input(input_path)
+  if input_path.endswith('.npy'):
+    raise ValueError(f'--segments cuts a video file into segments; --input={input_path} is a clip '
+                     'batch: drop --segments, or give the video.')
+  model = inference.Model(config, workdir, step=step, dataset=dataset)
+  ds = model.ds_cfg
+  if ds is None or ds.kind != 'video':
+    raise ValueError(f'--segments: head {model.dataset!r} has no video dataset in the config to '
+                     'take the eval views from; give --dataset=NAME of a video dataset.')
+  names = model.class_names()
+  output = output or os.path.join(
+      workdir, 'predictions', f'{os.path.splitext(os.path.basename(input_path))[0]}_segments.json')
+  stats = {} if stats is None else stats
+  if echo:
+    print(f'{input_path}: segments of {seconds:g} s every {stride:g} s; checkpoint step '
+          f'{model.step}, head {model.dataset!r}', flush=True)
+  rows = []
+  try:
+    for seg in inference.segments(input_path, ds, seconds, stride, fps=fps, stats=stats):
+      logits = model.logits(seg.views).mean(0)
+      probs = np.exp(logits - logits.max())
+      rows.append({'segment': seg.index, 'start': round(seg.start, 6), 'end': round(seg.end, 6),
+                   'frames': seg.frames, 'views': len(seg.views),
+                   'top': top_classes(logits, probs / probs.sum(), names, top_k)})
+      if echo:
+        print(format_segment(rows[-1]), flush=True)
+  except video_io.VideoError as e:
+    raise ValueError(f'--input={input_path} is not a video this can read ({e.reason}: '
+                     f'{str(e.detail).splitlines()[0] if e.detail else e.reason}).') from None
+  result = {'input': input_path, 'step': model.step, 'dataset': model.dataset,
+            'seconds': seconds, 'stride': stride, 'fps': stats['fps'],
+            'frames': stats['frames'], 'segments': rows}
+  csv_path = os.path.splitext(output)[0] + '.csv'
+  atomic.write_text(output, json.dumps(result, indent=2))
+  atomic.write_text(csv_path, segments_csv(rows, top_k))
+  if echo:
+    print(f'{len(rows)} segments -> {output}, {csv_path}', flush=True)
+  return {**result, 'json': output, 'csv': csv_path}
+
+
+def format_segment(row: dict) -> str:
+  top = ', '.join(f"{t['label']} {t['prob']:.3f}" for t in row['top'][:3])
+  return f"  {row['start']:9.2f} - {row['end']:9.2f} s  {top}"
+
+
+def segments_csv(rows: list[dict], k: int) -> str:
+  """One line per segment: its times, then label, class and probability of each of the top k."""
+  buf = io.StringIO()
+  w = csv.writer(buf)
+  k = min(k, len(rows[0]['top'])) if rows else k
+  w.writerow(['segment', 'start', 'end', 'frames', 'views'] +
+             [f'{c}_{r}' for r in range(1, k + 1) for c in ('label', 'class', 'prob')])
+  for row in rows:
+    w.writerow([row['segment'], f"{row['start']:.3f}", f"{row['end']:.3f}", row['frames'],
+                row['views']] + [x for t in row['top'][:k]
+                                 for x in (t['label'], t['index'], f"{t['prob']:.6f}")])
+  return buf.getvalue()
 
 
 def format_result(result: dict) -> str:
@@ -204,6 +275,14 @@ def format_result(result: dict) -> str:
 def main(flags, args):
   from sparse_tubes.commands import config_and_workdir, need
   config, workdir = config_and_workdir(flags)
+  if flags.segments:
+    try:
+      predict_segments(config, workdir, need(flags.input, 'input', 'long_video.mp4'),
+                       flags.segments, top_k=flags.top_k, output=flags.output,
+                       dataset=flags.dataset, step=flags.step, fps=flags.fps)
+    except (FileNotFoundError, ValueError, ckpt_lib.CheckpointError) as e:
+      raise SystemExit(f'Error: {e}') from None
+    return
   try:
     result = predict(config, workdir, need(flags.input, 'input', 'video.mp4'), top_k=flags.top_k,
                      save_logits=flags.save_logits, dataset=flags.dataset, step=flags.step,

@@ -435,17 +435,23 @@ class EvalData:
 
 
 def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: int,
-                 read_threads: int = 4, name: str = '') -> EvalData:
+                 read_threads: int = 4, name: str = '',
+                 videos: tuple[int, int] | None = None) -> EvalData:
+  """`videos` = (start, stop): only the views of those videos of the split (`features` writes a
+  split in shards of videos); their video_id stays their index in the split."""
   validate(ds_cfg, name=name, process_count=process_count)
   spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
   source = data_source(ds_cfg, data_dir, ds_cfg.eval_split, name=name)
   local_batch = ds_cfg.eval_batch_size // process_count
   views = _clips_per_video(spec, source, read_threads) * spec.spatial_views
   offsets = np.concatenate([[0], np.cumsum(views)])
-  num_batches = math.ceil(int(offsets[-1]) / (local_batch * process_count))
+  start, stop = videos or (0, len(source))
+  offsets = offsets[:stop + 1]  # views past the last video asked for are padding
+  first = int(offsets[start])
+  num_batches = math.ceil((int(offsets[-1]) - first) / (local_batch * process_count))
   padded = num_batches * local_batch * process_count
 
-  ds = grain.MapDataset.range(padded)[process_index::process_count]
+  ds = grain.MapDataset.range(first, first + padded)[process_index::process_count]
   stats = DataStats()
   ds = ds.map(_EvalView(spec, source, stats, offsets))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,

@@ -50,74 +50,112 @@ def output_size(height: int, width: int, short_side: int | None) -> tuple[int, i
   return max(short_side, round(height * short_side / width)), short_side
 
 
-def decode_video(path: str, *, fps: float | None = None, short_side: int | None = 256,
-                 jpeg_quality: int = 90, min_fraction: float = 0.5) -> Decoded:
-  """Decodes the first video stream of `path` into JPEG frames at `fps` (None: every frame).
+class VideoStream:
+  """The frames of a video file's first video stream as they decode: JPEG bytes at `fps` (None:
+  every frame), the short side resized to `short_side`, one frame in memory at a time.
+  `decode_video` collects them all; `predict --segments` keeps a segment's worth.
 
   Resampling keeps, for each output time k / fps, the source frame shown at that time (the one whose
-  display interval [t, t + 1/source_fps) contains it): frames are dropped or repeated, never blended.
-  Frames are resized so the short side is `short_side` (area interpolation when shrinking), then JPEG
-  encoded. A stream that stops with a decode error keeps the frames before it, but if what decoded
-  spans less than `min_fraction` of the duration the container declares, the file is 'truncated'.
+  display interval [t, t + 1/source_fps) contains it): frames are dropped or repeated, never
+  blended. Frames are resized with area interpolation when shrinking, then JPEG encoded. A stream
+  that stops with a decode error ends there; `error` holds it, `span` the seconds decoded.
+
+    with VideoStream(path, fps=25) as stream:
+      for jpeg in stream: ...          # frame k shows time k / stream.fps
   """
-  if not os.path.exists(path):
-    raise VideoError('missing', path)
-  try:
-    container = av.open(path, metadata_errors='ignore')
-  except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
-    raise VideoError('undecodable', f'cannot open: {e}') from None
-  with container:
-    if not container.streams.video:
-      raise VideoError('no_video_stream', f'streams: {[s.type for s in container.streams]}')
-    stream = container.streams.video[0]
+
+  def __init__(self, path: str, *, fps: float | None = None, short_side: int | None = 256,
+               jpeg_quality: int = 90):
+    if not os.path.exists(path):
+      raise VideoError('missing', path)
+    try:
+      self._container = av.open(path, metadata_errors='ignore')
+    except (av.FFmpegError, OSError, UnicodeDecodeError, ValueError) as e:
+      raise VideoError('undecodable', f'cannot open: {e}') from None
+    if not self._container.streams.video:
+      kinds = [s.type for s in self._container.streams]
+      self._container.close()
+      raise VideoError('no_video_stream', f'streams: {kinds}')
+    stream = self._container.streams.video[0]
     stream.thread_count = 1  # One process per core already.
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-    source_fps = float(rate) if rate else 25.0
-    declared = None
+    self.source_fps = float(rate) if rate else 25.0
+    self.fps = float(fps or self.source_fps)
+    self.declared = None  # seconds, as the container says
     if stream.duration and stream.time_base:
-      declared = float(stream.duration * stream.time_base)
-    elif container.duration:
-      declared = container.duration / av.time_base
-    frames, size, t0, index, span, error = [], None, None, 0, 0.0, None
-    step = 1 / source_fps
+      self.declared = float(stream.duration * stream.time_base)
+    elif self._container.duration:
+      self.declared = self._container.duration / av.time_base
+    self._stream, self._resample = stream, fps is not None
+    self._short_side, self._quality = short_side, jpeg_quality
+    self.decoded, self.emitted, self.span, self.error = 0, 0, 0.0, None
+    self.height = self.width = None
+
+  def __iter__(self):
+    size, t0, step = None, None, 1 / self.source_fps
     try:
-      for frame in container.decode(stream):
+      for frame in self._container.decode(self._stream):
         t = frame.time
         if t is None:
-          t = index * step
+          t = self.decoded * step
         t0 = t if t0 is None else t0
         t -= t0
-        index += 1
-        span = max(span, t + step)
-        if fps is None:
-          repeat = 1
-        else:
-          # Output times k / fps inside [t, t + step); the tolerance (a twentieth of an output frame)
-          # absorbs timestamps rounded to the container's time base (webm: milliseconds).
-          end = (t + step) * fps - 0.05
-          repeat = max(0, int(np.ceil(end)) - len(frames))
+        self.decoded += 1
+        self.span = max(self.span, t + step)
+        repeat = 1
+        if self._resample:
+          # Output times k / fps inside [t, t + step); the tolerance (a twentieth of an output
+          # frame) absorbs timestamps rounded to the container's time base (webm: milliseconds).
+          end = (t + step) * self.fps - 0.05
+          repeat = max(0, int(np.ceil(end)) - self.emitted)
         if repeat == 0:
           continue
         if size is None:
-          size = output_size(frame.height, frame.width, short_side)
+          size = output_size(frame.height, frame.width, self._short_side)
+          self.height, self.width = size
         bgr = frame.reformat(width=size[1], height=size[0], format='bgr24',
                              interpolation='AREA' if size[0] < min(frame.height, frame.width)
                              else 'BILINEAR').to_ndarray()
-        ok, buf = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+        ok, buf = cv2.imencode('.jpg', bgr, [cv2.IMWRITE_JPEG_QUALITY, self._quality])
         if not ok:
-          raise VideoError('undecodable', f'JPEG encoding failed for frame {index - 1}')
-        frames.extend([buf.tobytes()] * repeat)
+          raise VideoError('undecodable', f'JPEG encoding failed for frame {self.decoded - 1}')
+        jpeg = buf.tobytes()
+        for _ in range(repeat):
+          self.emitted += 1
+          yield jpeg
     except av.FFmpegError as e:
-      error = e
-    if not frames:
-      if error is not None:
-        raise VideoError('undecodable', f'decode error before any frame: {error}')
-      raise VideoError('zero_frames', 'the video stream holds no frames')
-    if declared and span < min_fraction * declared:
-      why = f'decode error after {index} frames ({error})' if error else f'{index} frames'
-      raise VideoError('truncated', f'{why}: {span:.2f} s of the {declared:.2f} s declared')
-    return Decoded(frames=frames, fps=float(fps or source_fps), source_fps=source_fps,
-                   duration=span, height=size[0], width=size[1])
+      self.error = e
+
+  def close(self):
+    self._container.close()
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+def decode_video(path: str, *, fps: float | None = None, short_side: int | None = 256,
+                 jpeg_quality: int = 90, min_fraction: float = 0.5) -> Decoded:
+  """Decodes the first video stream of `path` into JPEG frames at `fps` (None: every frame), the
+  short side resized to `short_side` (`VideoStream` says how). A stream that stops with a decode
+  error keeps the frames before it, but if what decoded spans less than `min_fraction` of the
+  duration the container declares, the file is 'truncated'.
+  """
+  with VideoStream(path, fps=fps, short_side=short_side, jpeg_quality=jpeg_quality) as stream:
+    frames = list(stream)
+  if not frames:
+    if stream.error is not None:
+      raise VideoError('undecodable', f'decode error before any frame: {stream.error}')
+    raise VideoError('zero_frames', 'the video stream holds no frames')
+  declared, span = stream.declared, stream.span
+  if declared and span < min_fraction * declared:
+    why = (f'decode error after {stream.decoded} frames ({stream.error})' if stream.error
+           else f'{stream.decoded} frames')
+    raise VideoError('truncated', f'{why}: {span:.2f} s of the {declared:.2f} s declared')
+  return Decoded(frames=frames, fps=stream.fps, source_fps=stream.source_fps, duration=span,
+                 height=stream.height, width=stream.width)
 
 
 def write_video(path: str, frames: np.ndarray, fps: float, codec: str | None = None,

@@ -1,5 +1,6 @@
 """`predict` on a real video file (written with PyAV) through the eval views, and on a .npy batch."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -7,10 +8,14 @@ import pytest
 pytest.importorskip('torch')
 pytest.importorskip('transformers')
 
+from flax import nnx
+
 from sparse_tubes.commands import convert
+from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes import workdir as workdir_lib
 from sparse_tubes.commands import predict
-from sparse_tubes.data import video_io  # noqa: E402
+from sparse_tubes.data import builtin, pipeline, sources, transforms, video_io  # noqa: E402
+from sparse_tubes.models import video_vit
 from tests.pretrained import hf_helpers as H  # noqa: E402
 
 
@@ -68,3 +73,102 @@ def test_predict_npy_fed_as_is(workdir, tmp_path):
   with pytest.raises(ValueError, match='clip batch'):
     np.save(tmp_path / 'bad.npy', np.zeros((3, 3), np.float32))
     predict.predict(config, str(work), str(tmp_path / 'bad.npy'))
+
+
+# ------------------------------------------------------------------------------ --segments
+
+CLIP_SECONDS = 2.0  # a built-in clip: 16 frames, written at 8 fps
+
+
+def _clips(direction: int, count: int, inverted: bool) -> list:
+  """`count` built-in test clips moving in `direction`; colours inverted when `inverted`."""
+  out, i = [], 0
+  while len(out) < count:
+    frames, d, _ = builtin.generate('video', 'test', i)
+    i += 1
+    if d == direction:
+      out.append(255 - frames if inverted else frames)
+  return out
+
+
+@pytest.fixture(scope='module')
+def segments_workdir(tmp_path_factory, make_config):
+  """The tiny TubeViT, encoder at its random init, whose video head is set (least squares on the
+  features of clips it never sees again) to say 'right' for the built-in clips as generated and
+  'left' for the same kind with inverted colours: a property the test controls (telling motion
+  directions apart takes minutes of training)."""
+  config = make_config()
+  ds = config.datasets.shapes_video
+  classes = sources.num_classes(config, sources.dataset_infos(config)[1])
+  model = video_vit.build_model(config.model, classes, rngs=nnx.Rngs(params=1))
+  xs, ys = [], []
+  for i in range(24):  # train clips, any direction; the test's video is made of test clips
+    frames, _, _ = builtin.generate('video', 'train', i)
+    inverted = i % 2 == 1
+    jpegs = [transforms.encode_jpeg(f) for f in (255 - frames if inverted else frames)]
+    views = pipeline.video_eval_views(ds, jpegs)
+    xs.append(np.asarray(model.representation(views)))
+    ys += [inverted] * len(views)
+  x = np.concatenate(xs)
+  a = np.c_[x, np.ones(len(x))]
+  target = np.where(np.array(ys), -1.0, 1.0)  # + : 'right' (class 0), - : 'left' (class 4)
+  w = np.linalg.lstsq(a, target, rcond=None)[0]
+  kernel = np.zeros((x.shape[1], 8), np.float32)
+  bias = np.full(8, -10.0, np.float32)
+  kernel[:, 0], bias[0] = 4 * w[:-1], 4 * w[-1]
+  kernel[:, 4], bias[4] = -4 * w[:-1], -4 * w[-1]
+  model.heads['shapes_video'].kernel[...] = kernel
+  model.heads['shapes_video'].bias[...] = bias
+  workdir = str(tmp_path_factory.mktemp('segments') / 'work')
+  ckpt_lib.write_params(workdir, nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+  workdir_lib.save_workdir(config, workdir, command='train')
+  return config, workdir
+
+
+def test_segments_flip_where_the_video_changes(segments_workdir, tmp_path, capsys):
+  config, workdir = segments_workdir
+  # 6 clips 'right' (12 s), then 5 clips 'left' (10 s): the label changes at 12 s.
+  frames = np.concatenate(_clips(0, 6, inverted=False) + _clips(4, 5, inverted=True))
+  path = str(tmp_path / 'long.mp4')
+  video_io.write_video(path, frames, fps=8)
+  switch, length = 6 * CLIP_SECONDS, 11 * CLIP_SECONDS
+
+  stats = {}
+  result = predict.predict_segments(config, workdir, path, '4:2', top_k=2,
+                                    output=str(tmp_path / 'seg.json'), stats=stats)
+  segs = result['segments']
+  np.testing.assert_allclose([s['start'] for s in segs], np.arange(0, 19, 2.0))
+  np.testing.assert_allclose([s['end'] for s in segs], np.arange(4, 23, 2.0))
+  assert {s['frames'] for s in segs} == {32} and {s['views'] for s in segs} == {6}
+  labels = [s['top'][0]['label'] for s in segs]
+  for s, label in zip(segs, labels):
+    if s['end'] <= switch:
+      assert label == 'right', (s, labels)
+    elif s['start'] >= switch:
+      assert label == 'left', (s, labels)
+  # Decoded once, front to back, holding one segment's frames (32 of the video's 176).
+  assert stats['frames'] == 176 and stats['max_buffered'] == 32 and stats['fps'] == 8
+  out = capsys.readouterr().out
+  assert '10 segments' in out and '     0.00 -      4.00 s  right' in out
+  # The files hold the same, written whole.
+  assert json.load(open(tmp_path / 'seg.json'))['segments'] == segs
+  rows = (tmp_path / 'seg.csv').read_text().splitlines()
+  assert rows[0] == 'segment,start,end,frames,views,label_1,class_1,prob_1,label_2,class_2,prob_2'
+  assert len(rows) == 11 and rows[1].startswith('0,0.000,4.000,32,6,right,0,')
+  assert sorted(os.listdir(tmp_path)) == ['long.mp4', 'seg.csv', 'seg.json']
+
+  # Side by side (STRIDE = SECONDS), the last segment is the shorter rest of the video.
+  result = predict.predict_segments(config, workdir, path, '5', echo=False)
+  assert [(s['start'], s['end']) for s in result['segments']] == [
+      (0, 5), (5, 10), (10, 15), (15, 20), (20, length)]
+  assert [s['top'][0]['label'] for s in result['segments']][:2] == ['right', 'right']
+  assert [s['top'][0]['label'] for s in result['segments']][3:] == ['left', 'left']
+  assert result['json'] == os.path.join(workdir, 'predictions', 'long_segments.json')
+
+
+@pytest.mark.parametrize('value', ['0', '-3', 'ten', '4:2:1', '4:0', ''])
+def test_segments_value_is_checked_first(value):
+  with pytest.raises(ValueError, match='SECONDS or SECONDS:STRIDE'):
+    predict.inference.parse_segments(value)
+  assert predict.inference.parse_segments('10') == (10.0, 10.0)
+  assert predict.inference.parse_segments('2.5:1') == (2.5, 1.0)
