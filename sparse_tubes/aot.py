@@ -22,8 +22,8 @@ def quiet_libtpu(topology):
     jax.config.update('jax_platforms', 'cpu')  # The host runs nothing on a TPU it may have.
 
 
-def topology_devices(topology):
-  """Compile-only devices of the slice (no TPU needed)."""
+def topology_devices(topology, num_slices: int = 1):
+  """Compile-only devices of the slice, or of `num_slices` such slices (no TPU needed)."""
   from jax.experimental import topologies
   try:
     import libtpu  # noqa: F401
@@ -34,7 +34,7 @@ def topology_devices(topology):
   bounds = (2, 2, 1) if topology.hosts > 1 else (*topology.shape, 1)[:3]
   return topologies.get_topology_desc(
       platform='tpu', topology_name=topology.name, chip_config_name=topology.generation.chip_config,
-      chips_per_host_bounds=bounds).devices
+      chips_per_host_bounds=bounds, num_slices=num_slices).devices
 
 
 def shard_bytes(abstract_tree) -> int:

@@ -9,7 +9,8 @@
                                   [--beam_runner=DataflowRunner --beam_options="--project=P ..."]
   python -m sparse_tubes convert  --from=hf|timesformer|vit_npz --input=PATH [--config=...] --workdir=DIR
   python -m sparse_tubes convert  --to=hf --workdir=DIR --output=HF_DIR [--dataset=NAME] [--step=N]
-  python -m sparse_tubes plan     --config=CONFIG.py[:arg] --topology=v5e:4x4 [--json]
+  python -m sparse_tubes plan     --config=CONFIG.py[:arg] --topology=v5e:4x4 [--num_slices=2]
+                                  [--dcn_gbps=25] [--json]
   python -m sparse_tubes predict  --workdir=DIR --input=VIDEO|CLIPS.npy [--config=...] [--top_k=5]
                                   [--save_logits=OUT.npy] [--dataset=NAME] [--step=N] [--fps=F]
   python -m sparse_tubes predict  --workdir=DIR --input=VIDEO --segments=SECONDS[:STRIDE]
@@ -91,6 +92,11 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'train, evaluate: p
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'train, evaluate: this process, 0-based.')
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'plan: the TPU slice, e.g. v5e:4x4, v4:2x2x4, '
                                 'v5p:2x4x4, v6e:4x4 (default: config.topology).')
+_NUM_SLICES = flags.DEFINE_integer('num_slices', None, 'plan: that many slices of --topology joined '
+                                   'over the data-centre network (default: config.mesh.slices); '
+                                   'docs/multislice.md.')
+_DCN_GBPS = flags.DEFINE_float('dcn_gbps', 25.0, 'plan --num_slices: data-centre network bandwidth '
+                               "per chip, Gbit/s (default: v5e's 6.4 Tbps per 256-chip pod).")
 _FPS = flags.DEFINE_float('fps', None, 'predict, features: frame rate to decode a video at '
                           "(default: the dataset's stored rate, 25 for Kinetics).")
 _SEGMENTS = flags.DEFINE_string('segments', None, 'predict: SECONDS[:STRIDE]: top classes of each '

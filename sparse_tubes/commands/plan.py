@@ -15,13 +15,89 @@ FLOPs per step are counted analytically (`info`'s per-part count, training = 3x 
 backward pass costs two forwards), since XLA cannot see inside custom kernels; the compiler's own
 estimate ('optimal_seconds' of its cost analysis) is shown where it gives one. Step times at 40%
 and 60% MFU use the chip's peak bf16 rate (sparse_tubes/chips.py).
+
+Several slices (--num_slices=N, docs/multislice.md): the step is compiled for N such slices joined
+over the data-centre network (DCN), with config.mesh.slices=N (the data axis spans the slices), and
+the report adds the bytes each chip sends across slices per step (read from the compiled program)
+and the time they take at --dcn_gbps, next to the compute time at 40% MFU: DCN-bound or not.
 """
+import collections
+import functools
 import json
+import math
+import re
 import time
 
 from sparse_tubes import aot
 
 GIB = aot.GIB
+# DCN bandwidth per chip, Gbit/s: v5e's published figures, 6.4 Tbps of data-centre network per
+# 256-chip pod, i.e. two 100 Gbps NICs per 8-chip host (Cloud TPU docs, "TPU v5e").
+DCN_GBPS = 25.0
+
+# Cross-slice (DCN) traffic of a compiled multislice program. The TPU compiler splits the program
+# per slice: collectives inside a slice keep slice-local replica groups, and each cross-slice part
+# becomes a host transfer to the MegaScale runtime, a `send` whose frontend attributes name it
+# (_xla_megascale_transfer_type="ALL_REDUCE", ...). The buffer of each such send is what one chip
+# hands to the DCN for that collective; sends inside loops (micro-batches, scanned layers) count once
+# per iteration.
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
+                'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_COMPUTATION = re.compile(r'^(ENTRY )?%?([\w.-]+) \(.*\{\s*$')
+_DCN_SEND = re.compile(r'= \((\w+)\[([\d,]*)\]\S* .*\bsend\(.*_xla_megascale_transfer_type="(\w+)"')
+_WHILE = re.compile(r'\bwhile\(.*condition=%([\w.-]+), body=%([\w.-]+)')
+_CALLEE = re.compile(r'(?:calls|to_apply|true_computation|false_computation)=%([\w.-]+)')
+_BRANCHES = re.compile(r'branch_computations=\{([^}]*)\}')
+# Bytes a chip puts on the DCN per byte of a transfer's buffer, S slices, ring algorithms: an
+# all-reduce is a reduce-scatter and an all-gather, each moving (S-1)/S of the buffer; an all-gather
+# sends the local part to the S-1 others.
+DCN_TRAFFIC = {'ALL_REDUCE': lambda s: 2 * (s - 1) / s, 'REDUCE_SCATTER': lambda s: (s - 1) / s,
+               'ALL_GATHER': lambda s: s - 1}
+
+
+def dcn_transfers(hlo_text: str) -> tuple[dict[str, int], int]:
+  """{transfer type: buffer bytes per chip per step} of the compiled HLO's cross-slice sends, and
+  how many loops had a trip count this could not read (their sends are then counted once)."""
+  computations, name, entry = {}, None, None
+  for line in hlo_text.splitlines():
+    m = _COMPUTATION.match(line)
+    if m:
+      name, entry = m.group(2), (m.group(2) if m.group(1) else entry)
+      computations[name] = []
+    elif name is not None and line.startswith(' '):
+      computations[name].append(line)
+  unknown = set()
+
+  def trip_count(condition: str) -> int | None:
+    # jax's loops (scan, fori_loop) count up from 0 while `i < N`: N is the condition's constant.
+    lines = computations.get(condition, ())
+    constants = [int(c) for l in lines for c in re.findall(r'\bconstant\((\d+)\)', l)]
+    lt = any('direction=LT' in l for l in lines)
+    return constants[0] if lt and len(constants) == 1 else None
+
+  @functools.cache
+  def sent(computation: str) -> collections.Counter:
+    out = collections.Counter()
+    for line in computations.get(computation, ()):
+      send = _DCN_SEND.search(line)
+      if send:
+        dtype, dims, kind = send.groups()
+        out[kind] += math.prod(int(d) for d in dims.split(',') if d) * _DTYPE_BYTES[dtype]
+        continue
+      loop = _WHILE.search(line)
+      if loop:
+        callees = [(loop.group(2), trip_count(loop.group(1)))]
+      else:
+        callees = [(c, 1) for c in _CALLEE.findall(line)] + [
+            (c, 1) for b in _BRANCHES.findall(line) for c in re.findall(r'%([\w.-]+)', b)]
+      for callee, times in callees:
+        if times is None:
+          unknown.add(callee)
+        for kind, n in sent(callee).items():
+          out[kind] += n * (times or 1)
+    return out
+
+  return dict(sent(entry)), len(unknown)
 
 
 def _advice(result, config) -> list[str]:
@@ -45,15 +121,38 @@ def _advice(result, config) -> list[str]:
   return out
 
 
-def plan(config, topology: str | None = None) -> dict:
-  """Compiles the train and eval steps for `topology` (default: config.topology); returns the
-  report as a dict (the --json keys)."""
+def dcn_report(hlo_text: str, num_slices: int, dcn_gbps: float, compute_s: float) -> dict:
+  """The --json DCN keys of a compiled train step: bytes per chip per step, their time at
+  `dcn_gbps`, and whether that exceeds the compute time."""
+  if num_slices == 1:
+    return dict(dcn_bytes_per_step=0, dcn_seconds_per_step=0.0, dcn_by_kind={}, dcn_bound=False,
+                dcn_loops_counted_once=0)
+  by_kind, unknown_loops = dcn_transfers(hlo_text)
+  sent = sum(n * DCN_TRAFFIC.get(k, lambda _: 1)(num_slices) for k, n in by_kind.items())
+  seconds = sent * 8 / (dcn_gbps * 1e9)
+  return dict(dcn_bytes_per_step=sum(by_kind.values()), dcn_seconds_per_step=seconds,
+              dcn_by_kind=by_kind, dcn_bound=seconds > compute_s,
+              dcn_loops_counted_once=unknown_loops)
+
+
+def plan(config, topology: str | None = None, *, num_slices: int | None = None,
+         dcn_gbps: float = DCN_GBPS) -> dict:
+  """Compiles the train and eval steps for `topology` (default: config.topology), `num_slices` of
+  it (default: config.mesh.slices); returns the report as a dict (the --json keys)."""
   from sparse_tubes import chips
-  topology = topology or config.get('topology', '')
+  topology = topology or config.topology
   if not topology:
     raise ValueError('plan needs a TPU slice: --topology=v5e:4x4 (or set config.topology in the '
                      f'config). Examples: {chips.EXAMPLES}.')
   topo = chips.parse(topology)
+  if num_slices is not None:
+    if num_slices < 1:
+      raise ValueError(f'--num_slices={num_slices} must be >= 1.')
+    config = config.copy_and_resolve_references()
+    config.mesh.slices = num_slices
+  num_slices = int(config.mesh.slices)
+  if dcn_gbps <= 0:
+    raise ValueError(f'--dcn_gbps={dcn_gbps} must be > 0 (Gbit/s per chip, e.g. {DCN_GBPS:g}).')
   aot.quiet_libtpu(topo)
 
   import jax
@@ -66,7 +165,7 @@ def plan(config, topology: str | None = None) -> dict:
   from sparse_tubes.models import costs
   from sparse_tubes.train import sharding, state as state_lib, step as step_lib
 
-  devices = aot.topology_devices(topo)
+  devices = aot.topology_devices(topo, num_slices)
   # attention_impl='auto' resolves by the platform of the mesh's devices (models/attention.py), so
   # the TPU devices below compile what a TPU run picks: splash from 1,024 keys up, else xla.
   processes = len({d.process_index for d in devices})
@@ -109,10 +208,11 @@ def plan(config, topology: str | None = None) -> dict:
   flops = costs.train_flops(config, classes)
   g = topo.generation
   examples = sum(ds.batch_size for ds in config.datasets.values())
-  peak_flops = topo.chips * g.bf16_tflops * 1e12
+  peak_flops = len(devices) * g.bf16_tflops * 1e12
   result = dict(
-      config_topology=config.get('topology', ''), topology=topo.name,
-      accelerator_type=topo.accelerator_type, chips=topo.chips, hosts=processes,
+      config_topology=config.topology, topology=topo.name,
+      accelerator_type=topo.accelerator_type, chips=len(devices), hosts=processes,
+      num_slices=num_slices,
       mesh=dict(mesh.shape), microbatches=int(config.microbatches), dtype=config.model.dtype,
       remat=str(config.model.remat), scan_layers=bool(config.model.scan_layers),
       global_batch=examples, params=state_lib.param_count(spec.abstract_params),
@@ -127,6 +227,12 @@ def plan(config, topology: str | None = None) -> dict:
       step_s={f'{int(u * 100)}%_mfu': flops / (peak_flops * u) for u in (0.4, 0.6)},
       compile_s=compile_s)
   result['examples_per_s'] = {k: examples / v for k, v in result['step_s'].items()}
+  result['dcn_gbps'] = float(dcn_gbps)
+  if compiled is not None:
+    result.update(dcn_report(compiled.as_text(), num_slices, dcn_gbps, result['step_s']['40%_mfu']))
+  else:  # not compiled (too big for the chip): nothing to read the traffic from
+    result.update(dcn_bytes_per_step=None, dcn_seconds_per_step=None, dcn_by_kind={},
+                  dcn_bound=None, dcn_loops_counted_once=None)
   result['fits'] = bool(result['hbm_per_chip_gib'] <= result['hbm_capacity_gib']
                         and result['eval_hbm_per_chip_gib'] <= result['hbm_capacity_gib'])
   result['advice'] = [] if result['fits'] else _advice(result, config)
@@ -135,8 +241,9 @@ def plan(config, topology: str | None = None) -> dict:
 
 def format_text(r: dict) -> str:
   fits = 'fits' if r['fits'] else 'DOES NOT FIT'
+  slices = f"{r['num_slices']} x " if r['num_slices'] > 1 else ''
   lines = [
-      f"{r['topology']} ({r['accelerator_type']}, {r['chips']} chips, {r['hosts']} hosts); mesh "
+      f"{slices}{r['topology']} ({r['accelerator_type']}, {r['chips']} chips, {r['hosts']} hosts); mesh "
       f"{r['mesh']}; {r['params']:,} parameters; global batch {r['global_batch']}, "
       f"{r['microbatches']} micro-batch(es); {r['dtype']}, remat {r['remat']}, scan_layers "
       f"{r['scan_layers']}",
@@ -150,13 +257,23 @@ def format_text(r: dict) -> str:
   for k, s in r['step_s'].items():
     lines.append(f"at {k.replace('_', ' ').upper()}: {s * 1e3:.1f} ms/step, "
                  f"{r['examples_per_s'][k]:,.0f} examples/s")
+  if r['num_slices'] > 1 and r['dcn_bytes_per_step'] is not None:
+    compute = r['step_s']['40%_mfu']
+    kinds = ', '.join(f'{k.lower().replace("_", "-")} {n / 2**20:,.1f}'
+                      for k, n in sorted(r['dcn_by_kind'].items()))
+    lines.append(
+        f"across {r['num_slices']} slices (DCN): {r['dcn_bytes_per_step'] / 2**20:,.1f} MiB per chip per "
+        f"step ({kinds}), {r['dcn_seconds_per_step'] * 1e3:.1f} ms at {r['dcn_gbps']:g} Gbit/s per "
+        f"chip, against {compute * 1e3:.1f} ms of compute at 40% MFU: "
+        + ('DCN-BOUND' if r['dcn_bound'] else 'not DCN-bound'))
   lines += [f'  {a}' for a in r['advice']]
   lines.append(f"(compiled in {r['compile_s']:.0f} s)")
   return '\n'.join(lines)
 
 
-def run(config, *, topology: str | None = None, as_json: bool = False) -> dict:
-  result = plan(config, topology)
+def run(config, *, topology: str | None = None, num_slices: int | None = None,
+        dcn_gbps: float = DCN_GBPS, as_json: bool = False) -> dict:
+  result = plan(config, topology, num_slices=num_slices, dcn_gbps=dcn_gbps)
   print(json.dumps(result, indent=2) if as_json else format_text(result), flush=True)
   return result
 
@@ -164,4 +281,4 @@ def run(config, *, topology: str | None = None, as_json: bool = False) -> dict:
 def main(flags, args):
   from sparse_tubes.commands import need
   run(need(flags.config, 'config', 'configs/kinetics400/tubevit_b.py'), topology=flags.topology,
-      as_json=flags.json)
+      num_slices=flags.num_slices, dcn_gbps=flags.dcn_gbps, as_json=flags.json)

@@ -14,6 +14,7 @@ import jax
 import pytest
 
 from sparse_tubes import config as config_lib
+from sparse_tubes.commands import plan
 from sparse_tubes.data import sources
 from sparse_tubes.models import costs
 
@@ -28,9 +29,11 @@ SCRIPT = """
 import json, sys
 from sparse_tubes import config as config_lib
 from sparse_tubes.commands import plan
+from sparse_tubes.commands import plan
 out = []
-for spec, topology, overrides in json.loads(sys.argv[1]):
-  out.append(plan.plan(config_lib.load(spec, **overrides), topology))
+for spec, topology, overrides, *num_slices in json.loads(sys.argv[1]):
+  out.append(plan.plan(config_lib.load(spec, **overrides), topology,
+                       num_slices=num_slices[0] if num_slices else None))
 print('RESULT ' + json.dumps(out))
 """
 
@@ -46,11 +49,12 @@ def run_plans(*jobs):
 TINY = os.path.join(REPO, 'configs', 'synthetic', 'tubevit_tiny.py')
 
 
-@pytest.mark.slow  # Two compiles: ~4 min on a loaded 2-core machine.
+@pytest.mark.slow  # Three compiles: ~5 min on a loaded 2-core machine.
 def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
-  small, huge = run_plans(
+  small, huge, two = run_plans(
       (TINY, 'v5e:2x2', {}),
-      (TINY, 'v5e:2x2', dict(datasets__shapes_video__batch_size=2**19, microbatches=1)))
+      (TINY, 'v5e:2x2', dict(datasets__shapes_video__batch_size=2**19, microbatches=1)),
+      (TINY, 'v5e:2x2', {}, 2))
   assert all(k in small for k in KEYS)
   assert small['fits'] and small['chips'] == 4 and small['topology'] == 'v5e:2x2'
   assert small['hbm_capacity_gib'] == 16 and small['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
@@ -67,6 +71,29 @@ def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
   assert not huge['fits'] and huge['hbm_per_chip_gib'] > 16
   assert any('config.microbatches=2' in a for a in huge['advice'])
   assert huge['temp_gib'] > 100 * small['temp_gib']
+  _check_two_slices(small, two, params)
+
+
+def _check_two_slices(one, two, params):
+  """Two v5e:2x2 slices (libtpu's multislice topology, devices with slice_index 0 and 1): the data
+  axis spans both, each chip holds what it holds on one slice, and the gradients cross the DCN."""
+  assert (one['num_slices'], one['dcn_bytes_per_step'], one['dcn_seconds_per_step']) == (1, 0, 0)
+  assert two['num_slices'] == 2 and two['chips'] == 8 and two['hosts'] == 2
+  assert two['mesh'] == {'data': 8, 'fsdp': 1, 'tensor': 1}
+  assert two['params_gib'] == one['params_gib'] and two['optimizer_gib'] == one['optimizer_gib']
+  assert two['step_s']['40%_mfu'] == pytest.approx(one['step_s']['40%_mfu'] / 2)  # 8 chips, not 4
+  # Only the data-parallel gradient reduction crosses slices: one all-reduce per step carrying at
+  # least each chip's share of the float32 gradients (4 chips per slice), at most a few copies of
+  # them (small arrays are padded to the TPU's tiles).
+  assert set(two['dcn_by_kind']) == {'ALL_REDUCE'}
+  assert params * 4 / 4 <= two['dcn_bytes_per_step'] <= 3 * params * 4
+  # Two slices: a ring all-reduce sends 2(S-1)/S = 1 buffer per chip, at 25 Gbit/s per chip.
+  assert two['dcn_gbps'] == 25 and two['dcn_seconds_per_step'] == pytest.approx(
+      two['dcn_bytes_per_step'] * 8 / 25e9)
+  assert two['dcn_bound'] == (two['dcn_seconds_per_step'] > two['step_s']['40%_mfu'])
+  text = plan.format_text(two)
+  assert text.startswith('2 x v5e:2x2 (v5litepod-4, 8 chips, 2 hosts)')
+  assert 'across 2 slices (DCN):' in text and 'at 25 Gbit/s per chip' in text
 
 
 PAPER = {
