@@ -17,6 +17,7 @@ $(VENV)/.installed-base: setup.py pyproject.toml | $(VENV)/bin/python
 
 $(VENV)/.installed-test: setup.py pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q --no-deps jax2onnx==0.17.1  # setup.py, ONNX: why --no-deps
 	touch $@
 
 install: $(VENV)/.installed-base

@@ -5,6 +5,8 @@
   pip install '.[tpu]'           + jax for TPU (libtpu)       pip install '.[cuda]'  + jax for NVIDIA GPUs
   pip install '.[notebooks]'     + jupyter and matplotlib for notebooks/
   pip install '.[beam]'          + Apache Beam: `prepare --beam_runner=...` (docs/prepare_on_beam.md)
+  pip install '.[onnx]'          + onnxruntime and ONNX for `convert --to=onnx`, then
+                                 pip install --no-deps jax2onnx==0.17.1 (see ONNX below)
   pip install '.[test]'          everything the test suite needs
 """
 import pathlib
@@ -31,6 +33,11 @@ BASE = [
 ]
 TORCH = ['torch>=2.1', 'transformers>=4.40', 'safetensors']
 BEAM = ['apache-beam>=2.60']
+# `convert --to=onnx` (sparse_tubes/export_onnx.py): jax2onnx traces the model, onnxruntime runs
+# it. jax2onnx itself is not listed: every release's metadata pins orbax-checkpoint<0.11.37, an
+# older Orbax than this package's, though its code never imports Orbax. So it is installed with
+# --no-deps (the Makefile does); these are the packages its code does import.
+ONNX = ['onnx>=1.20.1', 'onnx-ir>=0.2.1', 'onnxruntime>=1.24.1', 'einops>=0.8.1']
 NOTEBOOK_RUN = ['matplotlib', 'nbclient', 'nbformat', 'ipykernel']   # what executes a notebook
 EXTRAS = {
     'torch': TORCH,
@@ -40,11 +47,12 @@ EXTRAS = {
     # Dataflow also needs apache-beam[gcp] and gcsfs (docs/prepare_on_beam.md); not here, as they
     # pull in some 70 Google Cloud packages a DirectRunner or Spark run does not use.
     'beam': BEAM,
+    'onnx': ONNX,
     # torch pinned to the CPU wheel the CI machine holds locally; newer releases work as well.
     # jax[tpu] (libtpu): `plan` compiles paper configs for TPU slices in the suite; pyyaml reads
     # launch/gke.py's manifests. Beam: test_beam runs `prepare` on the DirectRunner.
     'test': ['pytest>=8', 'pytest-xdist', 'torch==2.13.0', 'jax[tpu]', 'pyyaml'] + TORCH
-            + NOTEBOOK_RUN + BEAM,
+            + NOTEBOOK_RUN + BEAM + ONNX,
 }
 
 setuptools.setup(

@@ -25,7 +25,10 @@ def test_base_install_has_no_torch_and_extras_fit_each_use():
   base, extras = names(m['install_requires']), m['extras_require']
   assert not base & {'torch', 'transformers', 'safetensors', 'matplotlib', 'jupyter', 'pytest'}
   assert {'jax', 'flax', 'orbax-checkpoint', 'grain', 'tensorflow-datasets'} <= base
-  assert set(extras) == {'torch', 'tpu', 'cuda', 'notebooks', 'beam', 'test'}
+  assert set(extras) == {'torch', 'tpu', 'cuda', 'notebooks', 'beam', 'onnx', 'test'}
+  assert {'onnx', 'onnxruntime'} <= names(extras['onnx']) <= names(extras['test'])
+  # jax2onnx goes in with --no-deps (its metadata pins an old orbax-checkpoint): not an extra.
+  assert 'jax2onnx' not in names(extras['onnx']) | names(extras['test'])
   assert {'torch', 'transformers', 'safetensors'} <= names(extras['torch'])
   assert extras['tpu'] == ['jax[tpu]'] and extras['cuda'][0].startswith('jax[cuda')
   assert {'jupyter', 'matplotlib'} <= names(extras['notebooks'])

@@ -5,6 +5,7 @@
   convert --from=timesformer --input=X.pyth  [--config=CONFIG.py] --workdir=DIR
   convert --from=vit_npz     --input=X.npz    --config=CONFIG.py  --workdir=DIR
   convert --to=hf --workdir=DIR --output=HF_DIR [--dataset=NAME] [--step=N]
+  convert --to=onnx --workdir=DIR --output=model.onnx [--dataset=NAME] [--step=N]
 
 The workdir gets a model-only checkpoint at step 0 (`ckpt_lib.write_params`), config.json (+ a
 config.py that loads it) and converted.json (source, which dataset's head holds the checkpoint's
@@ -27,6 +28,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from sparse_tubes import config as config_lib
+from sparse_tubes import export_onnx
 from sparse_tubes import validation
 from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes.train import sharding
@@ -210,6 +213,21 @@ def export_hf(config, workdir: str, output: str, *, dataset: str | None = None,
           'num_labels': int(head[1].shape[0])}
 
 
+def export_to_onnx(config, workdir: str, output: str, *, dataset: str | None = None,
+                   step: int | None = None) -> dict:
+  """A checkpoint of `workdir` -> an ONNX model of one head (export_onnx.py), its input the clips
+  of that head's dataset; written only once onnxruntime's logits match ours."""
+  export_onnx.check(config.model)  # a model that cannot export: one line, before any restore
+  restored = ckpt_lib.restore_params(config, workdir, step)
+  dataset = workdir_lib.choose_head(config, restored.num_classes, dataset)
+  if dataset not in config.datasets:
+    raise ValueError(f'head {dataset!r} has no dataset in the config to take the clip shape from.')
+  shape = tuple(config_lib.input_shape(config.datasets[dataset]))
+  result = export_onnx.export(config.model, restored.params, restored.num_classes, dataset, shape,
+                              output)
+  return {**result, 'step': restored.step, 'dataset': dataset}
+
+
 def main(flags, args):
   from sparse_tubes.commands import config_and_workdir, need
   if flags['to'].value is None:
@@ -223,6 +241,17 @@ def main(flags, args):
           + (f"; {result['dropped_head']}" if result.get('dropped_head') else ''), flush=True)
     return
   config, workdir = config_and_workdir(flags)
+  if flags['to'].value == 'onnx':
+    try:
+      result = export_to_onnx(config, workdir, need(flags.output, 'output', '/tmp/model.onnx'),
+                              dataset=flags.dataset, step=flags.step)
+    except (ValueError, ImportError, ckpt_lib.CheckpointError) as e:
+      raise SystemExit(f'Error: {e}') from None
+    print(f"Exported step {result['step']} (head '{result['dataset']}', {result['classes']} "
+          f"classes) to {result['output']}: ONNX opset {result['opset']}, input 'video' "
+          f"{result['input_shape']}, outputs 'logits' and 'features'; onnxruntime's logits within "
+          f"{result['max_abs_diff']:.1e} of ours", flush=True)
+    return
   result = export_hf(config, workdir, need(flags.output, 'output', '/tmp/hf_model'),
                      dataset=flags.dataset, step=flags.step)
   print(f"Exported step {result['step']} (head '{result['dataset']}', {result['num_labels']} "
