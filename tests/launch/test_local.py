@@ -1,5 +1,8 @@
-"""launch/local.py: 2 processes x 2 fake devices train like 1 process x 4 devices, and a SIGTERM
-to one of them stops both at one step with one checkpoint, from which a restart continues."""
+"""launch/local.py: 2 processes x 2 fake devices, as 2 emulated slices (--slices=2: the data axis
+spans the processes, as it spans TPU slices over the data-centre network), train like 1 process x 4
+devices; a SIGTERM to one of them stops both at one step with one checkpoint, from which a restart
+on one slice continues (a checkpoint restores across slice counts)."""
+import json
 import os
 import signal
 import subprocess
@@ -29,9 +32,9 @@ def get_config(arg=None):
 STEPS = 12
 
 
-def command(processes: int, devices: int, config: str, workdir: str) -> list[str]:
+def command(processes: int, devices: int, config: str, workdir: str, slices: int = 1) -> list[str]:
   return [sys.executable, LOCAL, f'--processes={processes}', f'--devices_per_process={devices}',
-          '--', 'train', f'--config={config}', f'--workdir={workdir}']
+          f'--slices={slices}', '--', 'train', f'--config={config}', f'--workdir={workdir}']
 
 
 def local(processes: int, devices: int, config: str, workdir: str) -> str:
@@ -42,9 +45,10 @@ def local(processes: int, devices: int, config: str, workdir: str) -> str:
 
 
 def preempt_one(config: str, workdir: str, stderr) -> tuple[int, str]:
-  """2 x 2 run; once step 2 is printed, SIGTERM to process 1 alone. Returns (exit code, stdout)."""
-  launcher = subprocess.Popen(command(2, 2, config, workdir), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=stderr, text=True)
+  """2 x 2 run on 2 emulated slices; once step 2 is printed, SIGTERM to process 1 (slice 1) alone.
+  Returns (exit code, stdout)."""
+  launcher = subprocess.Popen(command(2, 2, config, workdir, slices=2), cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=stderr, text=True)
   lines, deadline = [], time.time() + 600
   for line in launcher.stdout:
     lines.append(line)
@@ -87,16 +91,18 @@ def test_two_processes_match_one_through_a_preemption(tiny_data_dir, tmp_path):
   data = os.path.join(ckpt.directory, str(stop), 'data_shapes_video')
   assert sorted(f for f in os.listdir(data) if f.endswith('.json')) == [
       'process_0-of-2.json', 'process_1-of-2.json']
+  with open(os.path.join(two, 'config.json')) as f:
+    assert json.load(f)['mesh']['slices'] == 2   # trained so far on two slices
 
-  out3 = local(2, 2, config, two)  # the restart
+  out3 = local(2, 2, config, two)  # the restart, on one slice
   assert f'Resuming from step {stop}' in out3 and out3.count(f'Trained to step {STEPS}') == 1
   assert "mesh {'data': 4" in out3
 
   losses1, eval1, params1 = results(one)
   losses2, eval2, params2 = results(two)
   assert len(losses1) == STEPS
-  # Same global batches (the hosts' slices interleave into the same examples), same updates,
-  # across the preemption.
+  # Same global batches (the hosts' slices interleave into the same examples), same updates, on two
+  # slices and on one, across the preemption.
   np.testing.assert_allclose(losses2, losses1, rtol=1e-5)
   assert {'eval/top1/shapes_video', 'eval/top1/shapes_image'} <= set(eval1)
   assert eval2 == pytest.approx(eval1, abs=1e-6)
@@ -112,6 +118,8 @@ def test_worst_exit_code_and_usage():
   sys.path.insert(0, os.path.join(REPO, 'launch'))
   import local as local_lib
   assert local_lib.exit_code(-15) == 143 and local_lib.exit_code(3) == 3
+  with pytest.raises(SystemExit):   # on CPU a slice is a process
+    local_lib.main(['--processes=2', '--slices=4', '--', 'train'])
   env = local_lib.child_env(1, 2, 4, 1234)
   assert env['SPARSE_TUBES_PROCESS_ID'] == '1' and env['SPARSE_TUBES_NUM_PROCESSES'] == '2'
   assert '--xla_force_host_platform_device_count=4' in env['XLA_FLAGS']
