@@ -2,6 +2,8 @@
 
     params              the model alone: what evaluation, `init_from` and converted checkpoints need
                         (`restore_params`, `read_params`)
+    params_ema          the parameters' moving average, same tree (config.ema_decay > 0 only);
+                        `restore_params(params='ema')` reads it instead of params
     train_state         step + optimizer state (absent in converted checkpoints)
     data_<name>         each train iterator's position (Grain)
   and WORKDIR/damaged_checkpoints/<step>, a checkpoint `train` could not read, moved aside (kept).
@@ -120,7 +122,7 @@ class Checkpointer:
       return f'{path} has no params'
     for item in sorted(items):
       where = os.path.join(path, item)
-      if item in ('params', 'train_state'):
+      if item in ('params', 'params_ema', 'train_state'):
         meta = os.path.join(where, '_METADATA')
         if not os.path.exists(meta):
           return f'{item}/_METADATA is missing'
@@ -280,6 +282,8 @@ class Checkpointer:
     items = {'params': ocp.args.StandardSave(state['params']),
              'train_state': ocp.args.StandardSave({'step': state['step'],
                                                    'opt_state': state['opt_state']})}
+    if 'ema' in state:
+      items['params_ema'] = ocp.args.StandardSave(state['ema'])
     for name, it in (iterators or {}).items():
       items[f'data_{name}'] = grain.checkpoint.CheckpointSave(it)
     self._saving = step
@@ -307,10 +311,18 @@ class Checkpointer:
     per process (`data_<name>/process_<i>-of-<n>.json`); when the process count changed, those
     states do not apply, and every iterator continues from the same position of the global
     (shuffled) example order instead: `step` batches drawn, step x batch_size examples, exact
-    unless examples were skipped as corrupt before the checkpoint."""
+    unless examples were skipped as corrupt before the checkpoint.
+
+    An abstract state with 'ema' (config.ema_decay > 0) restores the checkpoint's params_ema; a
+    checkpoint saved without one (older, or trained without EMA so far) starts the average at the
+    restored parameters."""
     items = {'params': ocp.args.StandardRestore(abstract_state['params']),
              'train_state': ocp.args.StandardRestore({'step': abstract_state['step'],
                                                       'opt_state': abstract_state['opt_state']})}
+    ema = 'ema' in abstract_state
+    saved_ema = os.path.isdir(os.path.join(self.directory, str(step), 'params_ema'))
+    if ema and saved_ema:
+      items['params_ema'] = ocp.args.StandardRestore(abstract_state['ema'])
     index, count = jax.process_index(), jax.process_count()
     repositioned, saved_by = {}, set()
     for name, it in (iterators or {}).items():
@@ -330,20 +342,30 @@ class Checkpointer:
           'they continue from global example %d x batch_size of the shuffled order (exact unless '
           'examples were skipped as corrupt before it).', step, ', '.join(sorted(repositioned)),
           '/'.join(sorted(saved_by)) or 'no', count, step)
-    return {'params': restored['params'], **restored['train_state']}
+    state = {'params': restored['params'], **restored['train_state']}
+    if ema:
+      if saved_ema:
+        state['ema'] = restored['params_ema']
+      else:
+        state['ema'] = state_lib.fresh_ema(state['params'])
+        if index == 0:
+          logging.warning('Checkpoint %d has no params_ema (saved without config.ema_decay): the '
+                          'moving average starts at its parameters.', step)
+    return state
 
-  def restore_params(self, step: int, abstract_params):
-    """The model's parameters alone, onto the shardings of `abstract_params` (None: whole arrays on
-    this host's first device, whatever devices saved them)."""
+  def restore_params(self, step: int, abstract_params, item: str = 'params'):
+    """The model's parameters alone (item 'params', or 'params_ema' for their moving average),
+    onto the shardings of `abstract_params` (None: whole arrays on this host's first device,
+    whatever devices saved them)."""
     if abstract_params is None:
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
       tree = ocp.StandardCheckpointer().metadata(
-          os.path.join(self.directory, str(step), 'params')).item_metadata.tree
+          os.path.join(self.directory, str(step), item)).item_metadata.tree
       abstract_params = jax.tree.map(
           lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
     restored = self.manager.restore(
-        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract_params)))
-    return restored['params']
+        step, args=ocp.args.Composite(**{item: ocp.args.StandardRestore(abstract_params)}))
+    return restored[item]
 
   def close(self):
     """Waits for the save in progress (StorageError if it fails), then closes Orbax's threads
@@ -383,6 +405,14 @@ def checkpoint_heads(workdir: str, step: int) -> dict[str, int]:
   return {name: int(h['bias'].shape[0]) for name, h in tree['heads'].items()}
 
 
+def has_ema(workdir: str, step: int) -> bool:
+  """Whether step `step` holds the parameters' moving average (trained with config.ema_decay)."""
+  return os.path.isdir(os.path.join(checkpoint_dir(workdir), str(step), 'params_ema'))
+
+
+PARAMS = ('auto', 'ema', 'raw')  # which parameters `restore_params` reads
+
+
 def has_train_state(workdir: str, step: int) -> bool:
   """Whether step `step` can be resumed (converted checkpoints hold the model only)."""
   return os.path.exists(os.path.join(checkpoint_dir(workdir), str(step), 'train_state'))
@@ -398,13 +428,18 @@ class Restored:
   mesh: jax.sharding.Mesh
   rules: tuple
   directory: str                    # WORKDIR/checkpoints
+  kind: str = 'raw'                 # 'ema': the parameters' moving average (params_ema)
 
 
 def restore_params(config, workdir: str, step: int | None = None,
-                   classes: dict[str, int] | None = None) -> Restored:
+                   classes: dict[str, int] | None = None, params: str = 'auto') -> Restored:
   """The model of the latest (or given) checkpoint of `workdir`, on the config's mesh. The heads
   are the checkpoint's own (its metadata) unless `classes` ({dataset: classes}) says which to
-  expect."""
+  expect. `params`: 'raw' (the trained weights), 'ema' (their moving average; an error when the
+  checkpoint has none) or 'auto' (the moving average when the checkpoint has one: what the EMA
+  was kept for)."""
+  if params not in PARAMS:
+    raise ValueError(f'--params={params}: use one of {", ".join(PARAMS)}.')
   ckpt = Checkpointer(workdir, read_only=True)
   try:
     given, step = step, ckpt.latest_step() if step is None else step
@@ -427,11 +462,19 @@ def restore_params(config, workdir: str, step: int | None = None,
     reason = ckpt.verify(step)
     if reason:
       raise unreadable(reason)
+    saved_ema = has_ema(workdir, step)
+    if params == 'ema' and not saved_ema:
+      raise CheckpointError(
+          f'--params=ema: checkpoint step {step} in {ckpt.directory} holds no moving average (it '
+          'was trained without config.ema_decay); evaluate its weights with --params=raw, or '
+          'train with --config.ema_decay=0.999.')
+    kind = 'ema' if params == 'ema' or (params == 'auto' and saved_ema) else 'raw'
     mesh, rules = sharding.mesh_and_rules(config)
     try:
       classes = classes if classes is not None else checkpoint_heads(workdir, step)
       spec = state_lib.model_spec(config.model, classes, mesh, rules)
-      params = ckpt.restore_params(step, state_lib.abstract_params(spec))
+      restored = ckpt.restore_params(step, state_lib.abstract_params(spec),
+                                     'params_ema' if kind == 'ema' else 'params')
     except Exception:  # noqa: BLE001
       reason = ckpt.verify(step, deep=True)
       if reason is None:  # The files read as saved: the config is at fault, not the checkpoint.
@@ -439,8 +482,8 @@ def restore_params(config, workdir: str, step: int | None = None,
       raise unreadable(reason) from None
   finally:
     ckpt.close()
-  return Restored(params=params, spec=spec, num_classes=classes, step=step, mesh=mesh,
-                  rules=rules, directory=ckpt.directory)
+  return Restored(params=restored, spec=spec, num_classes=classes, step=step, mesh=mesh,
+                  rules=rules, directory=ckpt.directory, kind=kind)
 
 
 def write_params(workdir: str, params, *, step: int = 0) -> str:

@@ -171,6 +171,11 @@ def base() -> ml_collections.ConfigDict:
   # Parameters that never move: names ('/'-joined, as in parameters.txt) matching a regex of
   # `patterns`, and the encoder blocks before `layers_before` (0: none). Logged at the start.
   c.freeze = ml_collections.ConfigDict(dict(patterns=(), layers_before=0))
+  # Exponential moving average of the parameters, kept in the train state and checkpointed
+  # (item params_ema): ema <- d ema + (1 - d) params after every step; 0 turns it off. `evaluate`
+  # uses it when present (--params=ema|raw). 0.9999 suits a long run; lower for short ones (the
+  # average spans about 1 / (1 - d) steps).
+  c.ema_decay = 0.0
 
   c.grain = ml_collections.ConfigDict(dict(worker_count=0, worker_buffer_size=2, read_threads=4))
   # Global batches read and put on the devices ahead of the step, by a thread beside the loop

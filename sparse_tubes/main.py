@@ -4,6 +4,7 @@
   python -m sparse_tubes evaluate --config=CONFIG.py[:arg] --workdir=DIR
                                   [--checkpoint=latest|STEP|all|watch] [--force]
                                   [--watch_timeout=S] [--save_predictions=FILE.npz]
+                                  [--params=auto|ema|raw] [--view_grid] [--reference_ids=FILE]
   python -m sparse_tubes info     --config=CONFIG.py[:arg] [--json]
   python -m sparse_tubes prepare  DATASET --manual_dir=DIR [--data_dir=DIR] [--workers=N]
                                   [--beam_runner=DataflowRunner --beam_options="--project=P ..."]
@@ -59,6 +60,14 @@ _WATCH_TIMEOUT = flags.DEFINE_float('watch_timeout', 3600.0, 'evaluate --checkpo
 _SAVE_PREDICTIONS = flags.DEFINE_string(
     'save_predictions', None, 'evaluate: write per-video aggregated scores, video ids and labels '
     'to this .npz (all/watch: one FILE_step<N>.npz per checkpoint).')
+_PARAMS = flags.DEFINE_enum(
+    'params', 'auto', ['auto', 'ema', 'raw'], 'evaluate: the moving average of the parameters '
+    '(ema, kept with config.ema_decay) or the weights (raw); auto: ema when the checkpoint has it.')
+_VIEW_GRID = flags.DEFINE_bool('view_grid', False, 'evaluate: also top-1 and GFLOPs of every '
+                               'sub-grid t x s of the eval views, from one pass (DIR/eval/..._views.json).')
+_REFERENCE_IDS = flags.DEFINE_string(
+    'reference_ids', None, 'evaluate: a file of official split ids (one per line, or an official '
+    'Kinetics CSV): accuracy on the videos both evaluated and listed, and the count missing.')
 _JSON = flags.DEFINE_bool('json', False, 'info, plan, bench: print JSON instead of tables.')
 _MANUAL_DIR = flags.DEFINE_string('manual_dir', None, 'prepare: where the downloaded dataset is.')
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'prepare: TFDS data dir to write (default: '

@@ -10,6 +10,7 @@ Each view is counted once: a view seen twice, or one missing (other than those o
 failed to decode), is an error, not a number.
 """
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -64,6 +65,52 @@ def most_confused(confusion: np.ndarray, names, n: int = CONFUSED_PAIRS) -> list
   order = np.argsort(-off, axis=None, kind='stable')[:n]
   return [{'label': names[i], 'predicted': names[j], 'videos': int(off[i, j])}
           for i, j in zip(*np.unravel_index(order, off.shape)) if off[i, j] > 0]
+
+
+def read_reference_ids(path: str) -> list[str]:
+  """`evaluate --reference_ids=FILE`: the video ids of an official split, one per line (blank
+  lines and '#' comments skipped), or an official Kinetics CSV (header label,youtube_id,
+  time_start,time_end,split), whose rows name clips as the Kinetics builder does
+  (youtube_id_start_end). Duplicates count once; the order is kept."""
+  import csv
+  from sparse_tubes.data import kinetics
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f'--reference_ids={path}: no such file (give one video id per line).')
+  with open(path, newline='') as f:
+    text = f.read()
+  lines = [l.strip() for l in text.splitlines()]
+  header = lines[0].split(',') if lines else []
+  if {'youtube_id', 'time_start', 'time_end'} <= set(header):
+    ids = [kinetics.clip_name(r['youtube_id'], r['time_start'], r['time_end'])
+           for r in csv.DictReader(text.splitlines())]
+  else:
+    ids = [l for l in lines if l and not l.startswith('#')]
+  if not ids:
+    raise ValueError(f'--reference_ids={path} lists no video ids (one id per line).')
+  return list(dict.fromkeys(ids))
+
+
+def reference_results(pred: Predictions, ids: list[str], num_classes: int) -> tuple[dict, list]:
+  """Accuracy on the videos both evaluated here and named by the reference list `ids` (so two
+  copies of a dataset, each missing other videos, compare like for like); returns (results, the
+  ids evaluated, in the reference's order). `missing`: reference ids this evaluation has no
+  score for (absent from the split, or no view decoded); `not_in_reference`: videos evaluated here
+  that the list leaves out (not counted)."""
+  row = {k: i for i, k in enumerate(pred.key)}
+  common = [i for i in ids if i in row]
+  out = {'reference_ids': len(ids), 'evaluated': len(common), 'missing': len(ids) - len(common),
+         'missing_fraction': (len(ids) - len(common)) / len(ids),
+         'not_in_reference': len(set(row) - set(ids))}
+  if common:
+    rows = np.array([row[i] for i in common])
+    sub = dataclasses.replace(pred, index=pred.index[rows], key=common, label=pred.label[rows],
+                              scores=pred.scores[rows])
+    per_class, correct, _ = class_table(sub, num_classes)
+    present = per_class > 0
+    out.update(top1=topk_accuracy(sub.scores, sub.label, 1),
+               top5=topk_accuracy(sub.scores, sub.label, 5),
+               mean_class_accuracy=float(np.mean(correct[present] / per_class[present])))
+  return out, common
 
 
 def evaluate_dataset(eval_step, params, ds_cfg, *, data_dir, mesh, rules, num_videos: int,

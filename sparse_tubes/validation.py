@@ -72,6 +72,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if config.eval_every_steps < 0:
     raise ValueError(f'config.eval_every_steps={config.eval_every_steps} must be >= 0 (0: no eval '
                      'while training).')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ValueError(f'config.ema_decay={config.ema_decay} must be in [0, 1): 0 turns the moving '
+                     'average off, e.g. 0.9999 averages over about the last 10000 steps.')
   if config.on_nonfinite not in ('stop', 'skip'):
     raise ValueError(f"config.on_nonfinite={config.on_nonfinite!r}: use 'stop' or 'skip'.")
   if config.num_epochs < 0 or (config.num_epochs == 0 and config.total_steps <= 0):

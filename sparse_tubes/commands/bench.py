@@ -110,7 +110,7 @@ def measure(config, *, steps: int = 5, warmup: int = 2, with_data: bool = False)
   rules = sharding.rules_tuple(config.sharding_rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     program = step_lib.build(config, classes, mesh, rules, max(int(config.total_steps), 1))
-    state = state_lib.init_state(config.model, classes, program.spec, program.tx, mesh, config.seed)
+    state = program.init_state(config, classes, mesh)
     batch = _random_batch(config, mesh, rules)
     start = time.perf_counter()
     with attention.recording_choices() as kernels:   # what each attention of the step resolved to

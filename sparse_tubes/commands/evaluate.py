@@ -2,7 +2,8 @@
 checkpoints on every dataset of `config.eval_datasets`, each head on its own dataset.
 
   evaluate --workdir=DIR [--config=...] [--checkpoint=latest|STEP|all|watch] [--force]
-           [--watch_timeout=S] [--save_predictions=FILE.npz]
+           [--watch_timeout=S] [--save_predictions=FILE.npz] [--params=auto|ema|raw]
+           [--view_grid] [--reference_ids=FILE]
 
   latest  the newest checkpoint (default; --step=N is the same as --checkpoint=N)
   STEP    that step
@@ -26,6 +27,18 @@ holds the last evaluation's summary. Every file is written whole or not at all (
 that does not parse (a kill mid-write by an older version) is evaluated again, not skipped. One
 `evaluate` per workdir and dataset at a time (WORKDIR/evaluate_<dataset>.lock, like train.lock):
 a second one says which process holds it. A workdir that does not exist is an error, never created.
+
+docs/evaluation_extras.md describes these options:
+  --params=auto|ema|raw   auto (default): the parameters' moving average when the checkpoint has
+                          one (config.ema_decay), else the weights; ema: the average (an error
+                          without one); raw: the weights. The results say which ('params').
+  --view_grid             also, from one more pass, every sub-grid t x s of the dataset's views
+                          (view_grid.py): <dataset>_<split>_step<N>_views.json and _views.png
+                          (top-1, top-5, mean per-class against GFLOPs per video)
+  --reference_ids=FILE    the ids of an official split (one per line, or an official Kinetics CSV):
+                          accuracy on the videos evaluated here AND listed, the count of listed
+                          ones missing; <...>_reference_ids.txt (the ids evaluated) and
+                          <...>_reference_missing.txt
 """
 import contextlib
 import csv
@@ -36,11 +49,14 @@ import time
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
+from flax import nnx
 
 from sparse_tubes import atomic
 from sparse_tubes import config as config_lib
 from sparse_tubes import validation
 from sparse_tubes import checkpoints as ckpt_lib
+from sparse_tubes import multiview
+from sparse_tubes import view_grid as view_grid_lib
 from sparse_tubes.data import sources
 from sparse_tubes.multiview import CONFUSION_PNG_MAX_CLASSES, Evaluator, class_table
 from sparse_tubes.train import metrics, workdir_lock
@@ -96,9 +112,19 @@ def parse_checkpoint(value: str | None, step: int | None = None) -> str | int:
 class _Run:
   """One workdir's evaluation: the compiled Evaluator (built once), the writers, the files."""
 
-  def __init__(self, config, workdir: str, save_predictions: str | None):
+  def __init__(self, config, workdir: str, save_predictions: str | None, *, params: str = 'auto',
+               view_grid: bool = False, reference_ids: str | None = None):
     validation.validate(config)
     self.config, self.workdir, self.save_predictions = config, workdir, save_predictions
+    if params not in ckpt_lib.PARAMS:
+      raise ValueError(f'--params={params}: use one of {", ".join(ckpt_lib.PARAMS)}.')
+    self.params, self.view_grid = params, view_grid
+    # Bad options fail here, before anything is restored or compiled.
+    self.reference = (reference_ids, multiview.read_reference_ids(reference_ids)) \
+        if reference_ids else None
+    if view_grid:
+      for n in list(config.eval_datasets) or sorted(config.datasets):
+        view_grid_lib.plan(config.datasets[n], name=n)
     self.data_dir, self.infos = sources.dataset_infos(config)
     self.classes = sources.num_classes(config, self.infos)
     self.evaluator = None
@@ -120,26 +146,63 @@ class _Run:
                for n in names)
 
   def __call__(self, step: int | None) -> dict:
-    restored = ckpt_lib.restore_params(self.config, self.workdir, step, self.classes)
+    restored = ckpt_lib.restore_params(self.config, self.workdir, step, self.classes, self.params)
     if self.evaluator is None:  # compiled once, for every checkpoint of the run
       self.evaluator = Evaluator(self.config, restored.spec, restored.mesh, restored.rules,
                                  self.data_dir, self.infos)
     results, predictions = self.evaluator(restored.params, with_predictions=True)
     step = restored.step
-    summary = {'step': step, 'checkpoint_dir': restored.directory,
+    evaluated = {}
+    if self.reference:
+      path, ids = self.reference
+      for name, res in results.items():
+        res['reference'], evaluated[name] = multiview.reference_results(
+            predictions[name], ids, res['num_classes'])
+        res['reference']['file'] = os.path.abspath(path)
+        split = res['split']
+        res['reference']['ids_file'] = os.path.abspath(
+            result_path(self.workdir, name, split, step, '_reference_ids.txt'))
+        res['reference']['missing_file'] = os.path.abspath(
+            result_path(self.workdir, name, split, step, '_reference_missing.txt'))
+    if self.view_grid:
+      self._view_grids(restored, results)
+    summary = {'step': step, 'params': restored.kind, 'checkpoint_dir': restored.directory,
                'tensorboard_dir': os.path.abspath(self.writer.logdir),
                'eval_dir': os.path.abspath(eval_dir(self.workdir)), 'datasets': results}
     self.writer.write_scalars(step, Evaluator.scalars(results))
     self.writer.flush()
     if jax.process_index() == 0:
-      self._write(step, summary, predictions)
+      self._write(step, summary, predictions, evaluated)
     return summary
 
-  def _write(self, step: int, summary: dict, predictions: dict):
+  def _view_grids(self, restored, results: dict):
+    """`--view_grid`: one more pass per dataset, over every view position of its sub-grids."""
+    ev = self.evaluator
+    with jax.set_mesh(ev.mesh), nnx.logical_axis_rules(ev.rules):
+      for name, res in results.items():
+        res['view_grid'] = view_grid_lib.evaluate_grid(
+            ev.steps[name], restored.params, self.config.datasets[name], data_dir=self.data_dir,
+            mesh=ev.mesh, rules=ev.rules, name=name,
+            gflops=view_grid_lib.gflops_per_view(self.config, name, res['num_classes']))
+
+  def _write(self, step: int, summary: dict, predictions: dict, evaluated: dict):
     os.makedirs(eval_dir(self.workdir), exist_ok=True)
     for name, res in summary['datasets'].items():
       pred, names = predictions[name], self.infos[name].class_names
       split = res['split']
+      if 'reference' in res:  # the ids evaluated, and the listed ones this copy lacks
+        done = set(evaluated[name])
+        atomic.write_text(res['reference']['ids_file'], ''.join(f'{i}\n' for i in evaluated[name]))
+        atomic.write_text(res['reference']['missing_file'],
+                          ''.join(f'{i}\n' for i in self.reference[1] if i not in done))
+      if 'view_grid' in res:
+        grid = res['view_grid']
+        grid['plot'] = view_grid_lib.plot(
+            grid, result_path(self.workdir, name, split, step, '_views.png'),
+            f'{name} ({split}), step {step}, {summary["params"]} params')
+        atomic.write_text(result_path(self.workdir, name, split, step, '_views.json'),
+                          json.dumps({'step': step, 'dataset': name, 'split': split,
+                                      'params': summary['params'], **grid}, indent=2))
       count, correct, confusion = class_table(pred, res['num_classes'])
       with atomic.open_atomic(result_path(self.workdir, name, split, step, '_classes.csv'),
                               newline='') as f:
@@ -159,7 +222,8 @@ class _Run:
           w.writerow(['label', 'predicted', 'videos'])
           w.writerows([p['label'], p['predicted'], p['videos']] for p in res['most_confused'])
       atomic.write_text(result_path(self.workdir, name, split, step),
-                        json.dumps({'step': step, 'dataset': name, **res}, indent=2))
+                        json.dumps({'step': step, 'dataset': name, 'params': summary['params'],
+                                    **res}, indent=2))
     atomic.write_text(os.path.join(self.workdir, 'eval_results.json'), json.dumps(summary, indent=2))
     if self.save_predictions:
       save_predictions(self.save_predictions, predictions, step)
@@ -229,11 +293,13 @@ def _locked(config, workdir: str):
 
 
 def evaluate(config, workdir: str, *, step: int | None = None,
-             save_predictions: str | None = None) -> dict:
+             save_predictions: str | None = None, params: str = 'auto', view_grid: bool = False,
+             reference_ids: str | None = None) -> dict:
   """Evaluates the latest (or given) checkpoint on every dataset of `config.eval_datasets`."""
   _check_workdir(workdir)
   with _locked(config, workdir):
-    job = _Run(config, workdir, save_predictions)
+    job = _Run(config, workdir, save_predictions, params=params, view_grid=view_grid,
+               reference_ids=reference_ids)
     try:
       return job(step)
     finally:
@@ -243,7 +309,7 @@ def evaluate(config, workdir: str, *, step: int | None = None,
 def evaluate_checkpoints(config, workdir: str, checkpoint: str | int = 'latest', *,
                          force: bool = False, watch_timeout: float = 3600.0,
                          poll_s: float = 5.0, save_predictions: str | None = None,
-                         on_result=None) -> list[dict]:
+                         on_result=None, **extras) -> list[dict]:
   """--checkpoint=latest|STEP|all|watch; returns the summaries of the checkpoints evaluated, oldest
   first, and hands each to `on_result` as it is done (the command prints its table)."""
   if checkpoint not in MODES and not isinstance(checkpoint, int):
@@ -252,12 +318,14 @@ def evaluate_checkpoints(config, workdir: str, checkpoint: str | int = 'latest',
   with _locked(config, workdir):
     return _evaluate_checkpoints(config, workdir, checkpoint, force=force,
                                  watch_timeout=watch_timeout, poll_s=poll_s,
-                                 save_predictions=save_predictions, on_result=on_result)
+                                 save_predictions=save_predictions, on_result=on_result,
+                                 **extras)
 
 
 def _evaluate_checkpoints(config, workdir, checkpoint, *, force, watch_timeout, poll_s,
-                          save_predictions, on_result) -> list[dict]:
-  job = _Run(config, workdir, None)
+                          save_predictions, on_result, **extras) -> list[dict]:
+  """extras: params, view_grid, reference_ids (as `evaluate`)."""
+  job = _Run(config, workdir, None, **extras)
   summaries = []
 
   def one(step):
@@ -350,8 +418,21 @@ def results_table(summary: dict) -> str:
                  f"{r['num_views']} ({r['views_per_video']}, {r['aggregation']})"))
   widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
   fmt = lambda row: '  '.join(c.ljust(w) for c, w in zip(row, widths))
-  lines = [f"Evaluation of step {summary['step']}", fmt(rows[0]), fmt(['-' * w for w in widths])]
+  which = ' (the moving average of the parameters)' if summary.get('params') == 'ema' else ''
+  lines = [f"Evaluation of step {summary['step']}{which}", fmt(rows[0]),
+           fmt(['-' * w for w in widths])]
   lines += [fmt(r) for r in rows[1:]]
+  for name, r in summary['datasets'].items():
+    ref = r.get('reference')
+    if ref:
+      acc = (f"top-1 {100 * ref['top1']:.1f}%, top-5 {100 * ref['top5']:.1f}%, class-mean "
+             f"{100 * ref['mean_class_accuracy']:.1f}%" if ref['evaluated'] else 'no video')
+      lines.append(f"{name} on the reference list ({ref['reference_ids']} ids): {acc} over "
+                   f"{ref['evaluated']} videos; {ref['missing']} missing "
+                   f"({100 * ref['missing_fraction']:.1f}%), {ref['not_in_reference']} evaluated "
+                   'videos not on the list')
+    if r.get('view_grid'):
+      lines.append(view_grid_lib.table(name, r['view_grid']))
   lines += [f"checkpoints: {summary['checkpoint_dir']}",
             f"results:     {summary['eval_dir']}",
             f"tensorboard: {summary['tensorboard_dir']}  (tensorboard --logdir <that>)"]
@@ -370,6 +451,9 @@ def main(flags, args):
   try:
     evaluate_checkpoints(config, workdir, checkpoint, force=flags.force,
                          watch_timeout=flags.watch_timeout, save_predictions=flags.save_predictions,
-                         on_result=lambda s: print(results_table(s), flush=True))
-  except (ckpt_lib.CheckpointError, FileNotFoundError, workdir_lock.WorkdirLocked) as e:
+                         on_result=lambda s: print(results_table(s), flush=True),
+                         params=flags.params, view_grid=flags.view_grid,
+                         reference_ids=flags.reference_ids)
+  except (ckpt_lib.CheckpointError, FileNotFoundError, ValueError,
+          workdir_lock.WorkdirLocked) as e:
     raise SystemExit(f'Error: {e}') from None

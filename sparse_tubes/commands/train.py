@@ -93,8 +93,7 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
   ckpt = ckpt_lib.Checkpointer(workdir, keep=config.keep_checkpoints,
                                  use_async=config.async_checkpoints)
   try:
-    start, state = ckpt.restore_latest(state_lib.abstract_state(spec, tx, mesh), iterators,
-                                       log=_print)
+    start, state = ckpt.restore_latest(program.abstract_state(mesh), iterators, log=_print)
   except BaseException:
     ckpt.close()
     raise
@@ -102,8 +101,10 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
     _print(f'Resuming from step {start} in {ckpt.directory}')
   else:
     start = 0
-    state = state_lib.init_state(config.model, num_classes, spec, tx, mesh, config.seed)
+    state = program.init_state(config, num_classes, mesh)
     state['params'], report = init_lib.apply(config, state['params'], spec.param_shardings)
+    if program.ema:  # The average starts at the weights training starts from.
+      state['ema'] = state_lib.fresh_ema(state['params'])
     for line in report:
       logging.info(line)
       _print(line)

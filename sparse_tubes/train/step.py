@@ -32,11 +32,15 @@ def split_microbatches(x, microbatches: int):
 
 
 def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapping[str, int], *,
-                    label_smoothing: float, seed: int, mixup_cfg=None, microbatches: int = 1):
+                    label_smoothing: float, seed: int, mixup_cfg=None, microbatches: int = 1,
+                    ema_decay: float = 0.0):
   """microbatches > 1: gradient accumulation. The global batch of every dataset is split into that
   many micro-batches inside the step (jax.lax.scan), and their gradients and metrics averaged: the
   same update as the whole batch at a fraction of the activation memory. Mixup is applied to the
-  whole batch before the split, so partners and mixing weights do not change either."""
+  whole batch before the split, so partners and mixing weights do not change either.
+
+  ema_decay > 0: the state's 'ema' follows the updated parameters, ema <- d ema + (1 - d) params,
+  every step (as in MViT and VideoMAE fine-tuning recipes), elementwise on each shard."""
   names = sorted(datasets)
   weights = {n: float(datasets[n].loss_weight) for n in names}
   mixup_kw = dict(mixup_cfg or dict(mixup_alpha=0.0, cutmix_alpha=0.0, cutmix_prob=0.5))
@@ -90,7 +94,11 @@ def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapp
     params = optax.apply_updates(params, updates)
     metrics.update({'train/loss': loss, 'train/grad_norm': optax.tree.norm(grads),
                     'train/learning_rate': schedule(state['step'])})
-    return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+    new = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}
+    if ema_decay:
+      new['ema'] = jax.tree.map(lambda e, p: (ema_decay * e + (1 - ema_decay) * p).astype(e.dtype),
+                                state['ema'], params)
+    return new, metrics
 
   return train_step
 
@@ -109,6 +117,8 @@ def guard_nonfinite(train_step, skip: bool):
       keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, b)
       new = {**new, 'params': keep(new['params'], state['params']),
              'opt_state': keep(new['opt_state'], state['opt_state'])}
+      if 'ema' in new:
+        new['ema'] = keep(new['ema'], state['ema'])
       metrics['train/skipped'] = 1.0 - metrics['train/finite']
     return new, metrics
 
@@ -133,9 +143,15 @@ class TrainProgram:
   schedule: optax.Schedule
   frozen: tuple[str, ...]         # parameter names config.freeze keeps fixed
   shardings: dict                 # of the state
+  ema: bool = False               # the state holds 'ema' (config.ema_decay > 0)
 
   def abstract_state(self, mesh):
-    return state_lib.abstract_state(self.spec, self.tx, mesh)
+    return state_lib.abstract_state(self.spec, self.tx, mesh, self.ema)
+
+  def init_state(self, config, classes: Mapping[str, int], mesh):
+    """A fresh state for this step (parameters from config.seed; the EMA, if any, equal to them)."""
+    return state_lib.init_state(config.model, classes, self.spec, self.tx, mesh, config.seed,
+                                self.ema)
 
   def compile(self, state, batch):
     """The step lowered and compiled for these (possibly abstract) arguments."""
@@ -146,16 +162,18 @@ def build(config, classes: Mapping[str, int], mesh, rules, total_steps: int) -> 
   """The one train step of a config: `train` runs it, `bench step` times it and `plan` compiles it
   for a TPU slice. Model and shardings from the config's mesh and rules, the optimizer with its
   schedule over `total_steps` and frozen parameters (config.freeze), micro-batches
-  (config.microbatches), and the non-finite guard (config.on_nonfinite)."""
+  (config.microbatches), the non-finite guard (config.on_nonfinite) and the parameters' moving
+  average (config.ema_decay)."""
   spec = state_lib.model_spec(config.model, classes, mesh, rules)
   tx, schedule = optim.make_optimizer(config.optimizer, total_steps)
   tx, frozen = optim.with_freeze(tx, spec.abstract_params, config.freeze)
   train_step = make_train_step(
       spec.graphdef, tx, schedule, config.datasets, classes,
       label_smoothing=config.label_smoothing, seed=config.seed, mixup_cfg=config.mixup,
-      microbatches=config.microbatches)
+      microbatches=config.microbatches, ema_decay=config.ema_decay)
   train_step = guard_nonfinite(train_step, skip=config.on_nonfinite == 'skip')
-  shardings = state_lib.state_shardings(spec, tx, mesh)
+  ema = config.ema_decay > 0
+  shardings = state_lib.state_shardings(spec, tx, mesh, ema)
   train_step = jax.jit(train_step, in_shardings=(shardings, None),
                        out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
-  return TrainProgram(train_step, spec, tx, schedule, tuple(frozen), shardings)
+  return TrainProgram(train_step, spec, tx, schedule, tuple(frozen), shardings, ema)

@@ -374,3 +374,66 @@ def test_corrupt_videos_are_counted_and_listed(monkeypatch):
   assert res['num_videos'] == 1 and res['split_size'] == 2 and res['num_views'] == 2
   assert res['corrupt_videos'] == 1
   assert res['corrupt'] == [{'index': 1, 'id': 'abc', 'views_failed': 2}]
+
+
+def test_view_grid_and_reference_ids(trained, tmp_path, capsys):
+  """--view_grid: every sub-grid of the 2x3 views, the full grid equal to the evaluation itself.
+  --reference_ids: a list that names ids this copy lacks and leaves out some it has."""
+  config, workdir = trained
+  workdir = _copy(workdir, tmp_path)
+  listed = [str(i) for i in range(12)]  # of the split's ids 0..15: 12..15 are not listed
+  ref = tmp_path / 'official_test_ids.txt'
+  ref.write_text('# official test ids\n' + '\n'.join(listed + ['lost_a', 'lost_b', '3']) + '\n\n')
+  npz = str(tmp_path / 'pred.npz')
+  summary = evaluate.evaluate(_with(config, eval_datasets=('shapes_video',)), workdir,
+                              view_grid=True, reference_ids=str(ref), save_predictions=npz)
+  video = summary['datasets']['shapes_video']
+  assert summary['params'] == 'raw'  # trained without config.ema_decay
+
+  with open(evaluate.result_path(workdir, 'shapes_video', 'test', 6, '_views.json')) as f:
+    grid = json.load(f)
+  rows = {(r['temporal_views'], r['spatial_views']): r for r in grid['grid']}
+  assert sorted(rows) == [(t, s) for t in (1, 2) for s in (1, 2, 3)]
+  for key in ('top1', 'top5', 'view_top1', 'mean_class_accuracy'):
+    assert rows[(2, 3)][key] == video[key], key
+  gflops = grid['gflops_per_view']
+  assert gflops > 0 and rows[(1, 1)]['gflops_per_video'] == gflops
+  assert rows[(2, 3)]['gflops_per_video'] == pytest.approx(6 * gflops)
+  assert os.path.getsize(evaluate.result_path(workdir, 'shapes_video', 'test', 6,
+                                              '_views.png')) > 1000
+
+  r = video['reference']
+  assert (r['reference_ids'], r['evaluated'], r['missing'], r['not_in_reference']) == (14, 12, 2, 4)
+  pred = np.load(npz)
+  keep = np.isin(pred['shapes_video/id'], listed)
+  top1 = np.mean(pred['shapes_video/scores'][keep].argmax(-1) == pred['shapes_video/label'][keep])
+  assert r['top1'] == pytest.approx(top1)
+  with open(r['ids_file']) as f:
+    assert f.read().split() == listed
+  with open(r['missing_file']) as f:
+    assert f.read().split() == ['lost_a', 'lost_b']
+  table = evaluate.results_table(summary)
+  assert '2 missing' in table and '2x3' in table and '1x1' in table
+
+
+def test_bad_extras_fail_before_evaluating(trained, tmp_path):
+  config, workdir = trained
+  with pytest.raises(ckpt_lib.CheckpointError, match='--params=ema: .*config.ema_decay'):
+    evaluate.evaluate(config, workdir, params='ema')
+  with pytest.raises(FileNotFoundError, match='--reference_ids='):
+    evaluate.evaluate(config, workdir, reference_ids=str(tmp_path / 'none.txt'))
+  (tmp_path / 'empty.txt').write_text('# nothing\n')
+  with pytest.raises(ValueError, match='lists no video ids'):
+    evaluate.evaluate(config, workdir, reference_ids=str(tmp_path / 'empty.txt'))
+  with pytest.raises(ValueError, match='eval_temporal_views=0'):
+    evaluate.evaluate(_with(config, datasets__shapes_video__eval_temporal_views=0), workdir,
+                      view_grid=True)
+
+
+def test_reference_ids_read_an_official_kinetics_csv(tmp_path):
+  path = tmp_path / 'validate.csv'
+  path.write_text('label,youtube_id,time_start,time_end,split\n'
+                  'abseiling,--33Lscn6sk,4,14,val\nabseiling,--33Lscn6sk,4,14,val\n'
+                  'zumba,abc,30.0,40.0,val\n')
+  assert multiview.read_reference_ids(str(path)) == ['--33Lscn6sk_000004_000014',
+                                                     'abc_000030_000040']

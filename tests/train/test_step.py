@@ -1,4 +1,5 @@
-"""Gradient accumulation: a step split into micro-batches makes the same update as the whole batch."""
+"""Gradient accumulation: a step split into micro-batches makes the same update as the whole batch.
+The moving average of the parameters (config.ema_decay): the average itself, and exact resume."""
 import jax
 import numpy as np
 import pytest
@@ -47,3 +48,70 @@ def test_microbatches_match_the_whole_batch(make_config):
 def test_microbatches_must_divide_the_batch(make_config):
   with pytest.raises(ValueError, match=r'config.microbatches=3: .*batch_size=8'):
     validation.validate(make_config(microbatches=3))
+
+
+def _batches(config, steps: int):
+  rng = np.random.default_rng(1)
+  out = []
+  for _ in range(steps):
+    batch = {}
+    for name, ds in config.datasets.items():
+      shape = config_lib.input_shape(ds)
+      batch[name] = {'inputs': rng.normal(size=(ds.batch_size, *shape)).astype(np.float32),
+                     'label': rng.integers(0, CLASSES[name], ds.batch_size).astype(np.int32)}
+    out.append(batch)
+  return out
+
+
+def test_ema_is_the_moving_average_of_the_parameters(make_config):
+  """After n steps the state's 'ema' is d^n p_0 + sum_k (1 - d) d^(n-k) p_k of the parameters p_k
+  the steps gave (computed here in NumPy), sharded like the parameters."""
+  decay = 0.7
+  config = make_config(ema_decay=decay, model__num_layers=1)
+  mesh, rules = sharding.mesh_and_rules(config)
+  program = step_lib.build(config, CLASSES, mesh, rules, config.total_steps)
+  state = program.init_state(config, CLASSES, mesh)
+  assert all(jax.tree.leaves(jax.tree.map(lambda e, s: e.sharding == s, state['ema'],
+                                          program.spec.param_shardings)))
+  trajectory = [jax.device_get(state['params'])]
+  with jax.set_mesh(mesh):
+    for batch in _batches(config, 3):
+      state, _ = program.step(state, sharding.global_batch(batch, mesh, rules))
+      trajectory.append(jax.device_get(state['params']))  # copies: the step donates the state
+  expected = trajectory[0]
+  for p in trajectory[1:]:
+    expected = jax.tree.map(lambda e, x: decay * e + (1 - decay) * x, expected, p)
+  ema = jax.device_get(state['ema'])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), ema, expected)
+  # Not the parameters themselves: they moved, the average lags behind.
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), ema, trajectory[-1])
+  assert max(jax.tree.leaves(moved)) > 1e-4
+
+
+def test_ema_decay_is_validated(make_config):
+  with pytest.raises(ValueError, match=r'config.ema_decay=1.0 must be in \[0, 1\)'):
+    validation.validate(make_config(ema_decay=1.0))
+
+
+@pytest.mark.slow  # Three short trainings: ~40 s of CPU.
+def test_ema_resumes_exactly(make_config, tmp_path):
+  """4 steps in one run, or 2 then 2 more after a restart: the same moving average, bit for bit;
+  and evaluation restores it (--params=ema|raw|auto)."""
+  from sparse_tubes import checkpoints as ckpt_lib
+  from sparse_tubes.commands import train as train_cmd
+  config = make_config(ema_decay=0.5, total_steps=4, checkpoint_every_steps=2,
+                       optimizer__warmup_steps=1, async_checkpoints=False)
+  once, twice = str(tmp_path / 'once'), str(tmp_path / 'twice')
+  train_cmd.train(config, once)
+  train_cmd.train(config, twice, stop_after_steps=2)
+  assert ckpt_lib.Checkpointer(twice, read_only=True).latest_step() == 2
+  train_cmd.train(config, twice)
+  a = ckpt_lib.restore_params(config, once, 4, params='ema')
+  b = ckpt_lib.restore_params(config, twice, 4, params='ema')
+  assert a.kind == b.kind == 'ema'
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(a.params), jax.device_get(b.params))
+  raw = ckpt_lib.restore_params(config, once, 4, params='raw')
+  assert raw.kind == 'raw' and ckpt_lib.restore_params(config, once, 4).kind == 'ema'
+  diff = jax.tree.map(lambda x, y: np.abs(x - y).max(), jax.device_get(a.params),
+                      jax.device_get(raw.params))
+  assert max(jax.tree.leaves(diff)) > 0
