@@ -34,8 +34,14 @@ def _tuples(value):
 
 def config_from_json(text: str) -> ml_collections.ConfigDict:
   """The ConfigDict of `config_to_json` text: nested dicts become ConfigDicts, arrays tuples, null
-  None (configs here never hold lists)."""
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
+  None (configs here never hold lists). Keys added to the defaults since the text was written
+  (e.g. config.mesh.slices) get their default, at any depth, so code reads every key as config.x;
+  both load_workdir and a workdir's config.py read config.json through here."""
+  config = ml_collections.ConfigDict(_tuples(json.loads(text)))
+  fill_defaults(config, defaults.base())
+  for ds in config.datasets.values():
+    fill_defaults(ds, defaults.dataset())
+  return config
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
@@ -44,6 +50,16 @@ def config_to_json(config: ml_collections.ConfigDict) -> str:
 
 def has_workdir_config(workdir: str) -> bool:
   return bool(workdir) and os.path.exists(os.path.join(workdir, WORKDIR_CONFIG))
+
+
+def fill_defaults(config: ml_collections.ConfigDict, reference: ml_collections.ConfigDict) -> None:
+  """Sets each key of `reference` that `config` lacks, in nested ConfigDicts too, to its value."""
+  for key, value in reference.items():
+    if key not in config:
+      config[key] = value
+    elif isinstance(value, ml_collections.ConfigDict) and isinstance(config[key],
+                                                                      ml_collections.ConfigDict):
+      fill_defaults(config[key], value)
 
 
 def load_workdir(workdir: str, **overrides) -> ml_collections.ConfigDict:
@@ -55,9 +71,6 @@ def load_workdir(workdir: str, **overrides) -> ml_collections.ConfigDict:
                             '`train` or `convert`.')
   with open(path) as f:
     config = config_from_json(f.read())
-  for key, value in defaults.base().items():  # A key added since the workdir was written.
-    if key not in config:
-      config[key] = value
   config.lock()
   return config_lib.override(config, **overrides)
 

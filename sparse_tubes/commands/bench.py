@@ -135,9 +135,8 @@ def measure(config, *, steps: int = 5, warmup: int = 2, with_data: bool = False)
   peak = chips.peak_flops(kind)
   mem = compiled.memory_analysis()
   return dict(
-      model=config.model.get('name'), attention_impl=config.model.get('attention_impl', 'auto'),
-      scan_layers=bool(config.model.get('scan_layers', False)),
-      remat=config.model.get('remat', False), dtype=config.model.get('dtype', 'float32'),
+      model=config.model.name, attention_impl=config.model.attention_impl,
+      scan_layers=bool(config.model.scan_layers), remat=config.model.remat, dtype=config.model.dtype,
       batch_size=examples, compile_s=compile_s, step_s=step_s, step_s_min=min(times),
       step_s_max=max(times), steps=steps, examples_per_s=examples / step_s,
       tokens_per_s=tokens / step_s, flops_per_step=flops, flops_per_s=flops / step_s,
@@ -238,9 +237,8 @@ def compile_for_topology(config, topology: str) -> dict:
   kind = devices[0].device_kind
   hbm = chips.hbm_gib(kind)
   return dict(
-      model=config.model.get('name'), attention_impl=config.model.get('attention_impl', 'auto'),
-      scan_layers=bool(config.model.get('scan_layers', False)),
-      remat=config.model.get('remat', False), dtype=config.model.get('dtype', 'float32'),
+      model=config.model.name, attention_impl=config.model.attention_impl,
+      scan_layers=bool(config.model.scan_layers), remat=config.model.remat, dtype=config.model.dtype,
       topology=topology, device_kind=kind, num_devices=len(devices),
       batch_size=sum(ds.batch_size for ds in config.datasets.values()), compile_s=compile_s,
       temp_gib=temp, argument_gib=args, total_gib=total, hbm_gib=hbm,

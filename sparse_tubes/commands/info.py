@@ -36,7 +36,7 @@ _MODULE_ORDER = ('tokenizer', 'posemb', 'cls_token', 'spatial_cls_token', 'encod
 
 def format_text(s: dict) -> str:
   c = s['config']
-  encoder = ', factorised encoder' if c.get('encoder') == 'factorised' else ''
+  encoder = ', factorised encoder' if c['encoder'] == 'factorised' else ''
   lines = [f"{c['model']}: {c['num_layers']} layers x {c['hidden_size']} ({c['attention']} attention"
            f"{encoder}, {c['dtype']} activations)",
            f"parameters  {s['params']:,}  ({s['params'] / 1e6:.1f}M, {s['params_mib']:.0f} MiB in "

@@ -77,7 +77,7 @@ def required_per_core(cfg, host=None) -> dict:
   empty when the config names no model. Videos: the dataset trained alone. Images: in the
   co-training mix of all the config's datasets, one batch of each per step."""
   host = host or V5E_HOST
-  if 'hidden_size' not in cfg.model:
+  if not cfg.model.name:
     return {}
   host_flops = host['chips'] * host['peak_tflops_per_chip'] * 1e12 * host['utilisation']
   flops = {n: training_flops(cfg.model, ds) for n, ds in cfg.datasets.items()}
@@ -93,9 +93,9 @@ def required_per_core(cfg, host=None) -> dict:
 
 def _model_name(cfg) -> str:
   m = cfg.model
-  if 'hidden_size' not in m:
+  if not m.name:
     return ''
-  return f"{m.get('name', 'model')} (hidden {m.hidden_size}, {m.num_layers} layers)"
+  return f"{m.name} (hidden {m.hidden_size}, {m.num_layers} layers)"
 
 
 # ------------------------------------------------------------------------------------ sources

@@ -41,28 +41,26 @@ def defaults() -> ml_collections.ConfigDict:
 
 
 def validate(config) -> None:
-  init = config.get('init_from', None)
-  if init is None:
-    return
+  init = config.init_from
   known = set(defaults().keys())
   unknown = sorted(set(init.keys()) - known)
   if unknown:
     raise ValueError(f'Unknown config key(s) {", ".join("config.init_from." + k for k in unknown)}. '
                      f'Known keys: {", ".join(sorted(known))}.')
-  kind = init.get('kind', '')
+  kind = init.kind
   if kind not in KINDS:
     raise ValueError(f'config.init_from.kind = {kind!r}: use one of {KINDS}.')
-  if kind and not init.get('path', ''):
+  if kind and not init.path:
     raise ValueError(f"config.init_from.kind = '{kind}' needs config.init_from.path.")
-  if init.get('tube_projection', 'orthogonal') not in PROJECTIONS:
+  if init.tube_projection not in PROJECTIONS:
     raise ValueError(f'config.init_from.tube_projection = {init.tube_projection!r}: use one of '
                      f'{PROJECTIONS}.')
   for key, allowed in (('tube_init', inflate_lib.TUBE_INITS),
                        ('kernel_resize', inflate_lib.KERNEL_RESIZES),
                        ('posemb', inflate_lib.POSEMB_INITS),
                        ('temporal_init', inflate_lib.TEMPORAL_INITS)):
-    if init.get(key, allowed[0]) not in allowed:
-      raise ValueError(f'config.init_from.{key} = {init.get(key)!r}: use one of {allowed}.')
+    if init[key] not in allowed:
+      raise ValueError(f'config.init_from.{key} = {init[key]!r}: use one of {allowed}.')
 
 
 def merge_checkpoint(src: dict, params: dict, *, keep_heads: bool = False):
@@ -144,7 +142,7 @@ def take_tubes(src: dict, params: dict, model_cfg, *, kind: str = 'orthogonal', 
 def initial_params(config, params: dict) -> tuple[dict, list[str]]:
   """Host (numpy) params after applying config.init_from to the freshly initialised `params`."""
   init = config.init_from
-  kind = init.get('kind', '')
+  kind = init.kind
   report = []
   if kind in ('vit_npz', 'vit_torch'):
     vit = vit_lib.load(init.path, kind)
@@ -153,15 +151,14 @@ def initial_params(config, params: dict) -> tuple[dict, list[str]]:
     params, lines = inflate_lib.inflate(vit, params, config.model, init)
     report += lines
   elif kind == 'checkpoint':
-    src = ckpt_lib.read_params(init.path, int(init.get('step', -1)))
+    src = ckpt_lib.read_params(init.path, int(init.step))
     report.append(f'init_from checkpoint {init.path}')
-    params, lines = merge_checkpoint(src, params, keep_heads=bool(init.get('keep_heads', False)))
+    params, lines = merge_checkpoint(src, params, keep_heads=bool(init.keep_heads))
     report += lines
-  if init.get('tubes_from', ''):
+  if init.tubes_from:
     src = ckpt_lib.read_params(init.tubes_from)
-    params, lines = take_tubes(src, params, config.model, kind=init.get('tube_projection',
-                                                                         'orthogonal'),
-                               seed=int(config.get('seed', 0)))
+    params, lines = take_tubes(src, params, config.model, kind=init.tube_projection,
+                               seed=int(config.seed))
     report += [f'tubes_from {init.tubes_from}:'] + lines
   return params, report
 
@@ -169,7 +166,7 @@ def initial_params(config, params: dict) -> tuple[dict, list[str]]:
 def apply(config, params, shardings) -> tuple[dict, list[str]]:
   """Device params (on `shardings`) after config.init_from; every process reads the files and
   builds the same host arrays, then places its shards."""
-  if not (config.init_from.get('kind', '') or config.init_from.get('tubes_from', '')):
+  if not (config.init_from.kind or config.init_from.tubes_from):
     return params, []
   if jax.process_count() > 1:
     host = multihost_utils.process_allgather(params, tiled=True)

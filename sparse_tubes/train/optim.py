@@ -12,7 +12,7 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
   """Linear warm-up to `learning_rate`, then the decay the config names."""
   lr, warmup = opt_cfg.learning_rate, int(opt_cfg.warmup_steps)
   decay_steps = max(total_steps - warmup, 1)
-  end = lr * opt_cfg.get('end_learning_rate_factor', 0.0)
+  end = lr * opt_cfg.end_learning_rate_factor
   if opt_cfg.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(lr, decay_steps, alpha=end / lr if lr else 0.0)
   elif opt_cfg.schedule == 'linear':
@@ -21,7 +21,7 @@ def make_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     decay = optax.constant_schedule(lr)
   elif opt_cfg.schedule == 'step':
     # TimeSformer's recipe: x0.1 at each boundary (given as fractions of training, e.g. 11/15, 14/15).
-    bounds = {int(f * total_steps) - warmup: 0.1 for f in opt_cfg.get('step_boundaries', (0.73, 0.93))}
+    bounds = {int(f * total_steps) - warmup: 0.1 for f in opt_cfg.step_boundaries}
     decay = optax.piecewise_constant_schedule(lr, bounds)
   else:
     raise ValueError(f'config.optimizer.schedule={opt_cfg.schedule!r}; choose one of {SCHEDULES}.')
@@ -59,10 +59,9 @@ def frozen_mask(params, freeze_cfg) -> tuple[dict, list[str]]:
   """(bool tree, frozen names) from `config.freeze`: parameter names ('/'-joined paths, e.g.
   'encoder/blocks/0/attention/query') matching any regex of `patterns` (re.search), plus the
   encoder blocks before `layers_before` (TubeViT §3.6: freeze the layers before layer k)."""
-  patterns = tuple(freeze_cfg.get('patterns', ()) or ()) if freeze_cfg else ()
-  if isinstance(patterns, str):
-    patterns = (patterns,)
-  k = int(freeze_cfg.get('layers_before', 0) or 0) if freeze_cfg else 0
+  patterns = freeze_cfg.patterns
+  patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+  k = int(freeze_cfg.layers_before)
   compiled = []
   for p in patterns:
     try:

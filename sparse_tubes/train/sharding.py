@@ -24,7 +24,7 @@ MESH_AXES = ('data', 'fsdp', 'tensor')
 
 
 def num_slices(mesh_cfg) -> int:
-  return int(mesh_cfg.get('slices', 1))
+  return int(mesh_cfg.slices)
 
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:

@@ -1,6 +1,5 @@
 import dataclasses
 
-import ml_collections
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
@@ -13,7 +12,9 @@ from sparse_tubes.train import sharding
 
 
 def mesh_cfg(**kw):
-  return ml_collections.ConfigDict(dict(dict(data=-1, fsdp=1, tensor=1), **kw))
+  c = defaults.base().mesh
+  c.update(kw)
+  return c
 
 
 def test_mesh_shape_fills_minus_one():
