@@ -61,6 +61,13 @@ def shard_name(i: int, n: int) -> str:
   return f'shard-{i:05d}-of-{n:05d}.npz'
 
 
+def views_name(ds) -> str:
+  """'TxS' of a dataset's eval views ('full' for whole-video evaluation, 1 for images)."""
+  if ds.kind != 'video':
+    return f'1x{ds.eval_spatial_views}'
+  return f"{ds.eval_temporal_views or 'full'}x{ds.eval_spatial_views}"
+
+
 def parse_split(value: str, config) -> tuple[str, str]:
   """--split=DATASET[:SPLIT] -> (dataset, split)."""
   name, _, split = value.partition(':')
@@ -210,7 +217,7 @@ def split_features(config, workdir: str, dataset: str, split: str, output: str, 
   fn = jax.jit(_features_step(restored.spec.graphdef), out_shardings=sharding.replicated(mesh))
   meta = {'source': f'{dataset}:{split}', 'tfds_name': ds.tfds_name, 'step': restored.step,
           'per_view': per_view, 'videos_per_shard': videos_per_shard,
-          'views': f'{ds.eval_temporal_views}x{ds.eval_spatial_views}'}
+          'views': views_name(ds)}
   shards = max(1, -(-num_videos // videos_per_shard))
   names = [shard_name(i, shards) for i in range(shards)]
   progress = Progress(num_videos)
@@ -285,7 +292,7 @@ def file_features(config, workdir: str, input_path: str, output: str, *,
   meta = {'source': os.path.abspath(input_path), 'dataset': model.dataset, 'step': model.step,
           'per_view': per_view, 'videos_per_shard': videos_per_shard,
           'fps': inference.decode_fps(ds, fps),
-          'views': f'{ds.eval_temporal_views}x{ds.eval_spatial_views}'}
+          'views': views_name(ds)}
   shards = max(1, -(-len(paths) // videos_per_shard))
   names = [shard_name(i, shards) for i in range(shards)]
   os.makedirs(output, exist_ok=True)
