@@ -115,3 +115,24 @@ def test_ema_resumes_exactly(make_config, tmp_path):
   diff = jax.tree.map(lambda x, y: np.abs(x - y).max(), jax.device_get(a.params),
                       jax.device_get(raw.params))
   assert max(jax.tree.leaves(diff)) > 0
+
+
+def test_a_checkpoint_without_ema_resumes_with_one(make_config, tmp_path):
+  """Turning config.ema_decay on for a run whose checkpoints have no params_ema: the average
+  starts at the restored parameters (own buffers: the step donates both)."""
+  from sparse_tubes import checkpoints as ckpt_lib
+  config = make_config(ema_decay=0.9, model__num_layers=1)
+  mesh, rules = sharding.mesh_and_rules(config)
+  program = step_lib.build(config, CLASSES, mesh, rules, config.total_steps)
+  state = program.init_state(config, CLASSES, mesh)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), use_async=False)
+  ckpt.save(1, {k: v for k, v in state.items() if k != 'ema'})
+  ckpt.close()
+  assert not ckpt_lib.has_ema(str(tmp_path), 1)
+  ckpt = ckpt_lib.Checkpointer(str(tmp_path), read_only=True)
+  restored = ckpt.restore(1, program.abstract_state(mesh))
+  ckpt.close()
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored['ema']),
+               jax.device_get(restored['params']))
+  assert all(e is not p for e, p in zip(jax.tree.leaves(restored['ema']),
+                                        jax.tree.leaves(restored['params'])))
