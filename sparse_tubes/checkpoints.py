@@ -277,7 +277,12 @@ class Checkpointer:
         shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
 
   def save(self, step: int, state, iterators: dict | None = None, *, force: bool = False) -> bool:
-    self.poll()  # The previous save's failure first.
+    if self._saving is not None:  # Orbax would wait for it too; its failure is said first.
+      try:
+        self.manager.wait_until_finished()
+      except Exception as e:  # noqa: BLE001 - the previous background save failed
+        raise self._save_failed(e) from None
+      self._saving = None
     self.check_space(state, step)
     items = {'params': ocp.args.StandardSave(state['params']),
              'train_state': ocp.args.StandardSave({'step': state['step'],
