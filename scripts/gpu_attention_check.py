@@ -136,8 +136,8 @@ def main(argv=None) -> int:
 
 def cudnn_version():
   try:
-    from jax._src.lib import cuda_versions  # pylint: disable=g-import-not-at-top
-    return cuda_versions.cudnn_get_version() if cuda_versions else None
+    from sparse_tubes import compat  # pylint: disable=g-import-not-at-top
+    return compat.cudnn_version()
   except Exception:  # noqa: BLE001  (best effort: only printed)
     return None
 

@@ -18,6 +18,8 @@ import sys
 import jax
 from absl import logging
 
+from sparse_tubes import compat
+
 ENV = dict(coordinator_address='SPARSE_TUBES_COORDINATOR_ADDRESS',
            num_processes='SPARSE_TUBES_NUM_PROCESSES', process_id='SPARSE_TUBES_PROCESS_ID')
 
@@ -42,8 +44,7 @@ def explicit_layout(coordinator_address=None, num_processes=None, process_id=Non
 
 def detected_process_count() -> int:
   """Process count of the cluster jax detects (TPU pod, GKE, SLURM, Open MPI); 1 when none."""
-  from jax._src.clusters import ClusterEnv  # jax's own detection, as initialize() uses it.
-  for env in ClusterEnv._cluster_types:
+  for env in compat.jax_cluster_types():  # jax's own detection, as initialize() uses it.
     try:
       if not env.opt_in_only_method and env.is_env_present():
         return int(env.get_process_count())

@@ -107,7 +107,7 @@ def _same(parts, what: str, where: str):
 class _GridView(grain.transforms.Map):
   """View index -> one decoded view: video index // views_per_video, then clip position, then
   crop position; indices past the end are padding (mask False)."""
-  spec: object          # pipeline._Spec
+  spec: object          # pipeline.Spec
   source: object
   stats: pipeline.DataStats
   plan: Plan
@@ -123,22 +123,22 @@ class _GridView(grain.transforms.Map):
     clip, crop = divmod(view, len(p.spatial))
     element = self.source[video_id]
     out.update(label=np.int32(element['label']), video_id=np.int32(video_id), view=np.int32(view),
-               key=pipeline._key(element))  # pylint: disable=protected-access
+               key=pipeline.example_key(element))
     where = f'{s.tfds_name}:{s.split} video {video_id}'
     try:
       if s.kind == 'video':
         n = len(element['video'])
         if n == 0:
           raise transforms.DecodeError('video has no frames')
-        # The frames each member grid samples here: pipeline._frame_indices, the eval's own rule.
-        picks = [pipeline._frame_indices(  # pylint: disable=protected-access
+        # The frames each member grid samples here: pipeline.frame_indices, the eval's own rule.
+        picks = [pipeline.frame_indices(
             dataclasses.replace(s, temporal_views=v), n, None, i) for v, i in p.temporal.members[clip]]
         _same(picks, 'clips', where)
         frames = transforms.EncodedClip(element['video'], picks[0]).decode()
       else:
         frames = transforms.EncodedClip(element['image']).decode()
     except transforms.DecodeError as e:
-      pipeline._warn_corrupt(s, element, e)  # pylint: disable=protected-access
+      pipeline.warn_corrupt(s, element, e)
       self.stats.add(1)
       return out
     crops = [transforms.eval_spatial(frames, min_resize=s.min_resize, crop_size=s.crop_size,
@@ -153,7 +153,7 @@ def grid_batches(ds_cfg, plan_: Plan, *, data_dir: str, process_index: int, proc
   """(batches, num_videos, stats): this host's share of every video's grid views, padded so
   every host yields the same number of full batches (as pipeline.eval_batches)."""
   pipeline.validate(ds_cfg, name=name, process_count=process_count)
-  spec = pipeline._Spec.from_config(ds_cfg, ds_cfg.eval_split)  # pylint: disable=protected-access
+  spec = pipeline.Spec.from_config(ds_cfg, ds_cfg.eval_split)
   source = pipeline.data_source(ds_cfg, data_dir, ds_cfg.eval_split, name=name)
   local_batch = ds_cfg.eval_batch_size // process_count
   total = len(source) * plan_.views_per_video
@@ -163,7 +163,7 @@ def grid_batches(ds_cfg, plan_: Plan, *, data_dir: str, process_index: int, proc
   ds = ds.map(_GridView(spec, source, stats, plan_))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=2 * local_batch))
-  ds = ds.batch(local_batch).map(pipeline._Normalize(spec.normalization))  # pylint: disable=protected-access
+  ds = ds.batch(local_batch).map(pipeline.Normalize(spec.normalization))
   return ds, len(source), stats
 
 
@@ -247,7 +247,8 @@ def evaluate_grid(eval_step, params, ds_cfg, *, data_dir, mesh, rules, name: str
 
 def table(name: str, result: dict) -> str:
   """The grid as printed text: one row per sub-grid."""
-  lines = [f"{name}: accuracy against views ({result['views_run_per_video']} views run per video "
+  run = result['views_run_per_video']
+  lines = [f"{name}: accuracy against views ({run} view{'s' if run > 1 else ''} run per video "
            f"for every sub-grid of {result['max_grid']}; {result['gflops_per_view']:.3g} GFLOPs "
            'per view)',
            f"{'views':>7} {'GFLOPs/video':>13} {'top-1':>7} {'top-5':>7} {'class-mean':>11}"]

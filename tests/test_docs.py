@@ -96,10 +96,11 @@ def alternatives(value: str) -> list[str]:
 
 
 def check_value(flag, name: str, value: str) -> list[str]:
+  from sparse_tubes import compat
   out = []
   for v in alternatives(value):
     try:
-      flag._parse(v)   # noqa: SLF001 - parses without setting the flag
+      compat.absl_parse_flag_value(flag, v)  # parses without setting the flag
     except Exception as e:  # noqa: BLE001
       if not PLACEHOLDER.search(v):
         out.append(f'--{name}={v}: {e}')

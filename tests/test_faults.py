@@ -34,18 +34,18 @@ STEPS = 6  # tiny_config: total_steps=6, log_every_steps=1, checkpoint_every_ste
 @pytest.fixture(scope='module')
 def cache_dir(tmp_path_factory):
   """A persistent compilation cache for this module (and its subprocesses), then back as it was."""
-  from jax._src import compilation_cache  # reset: the cache is set up once per process otherwise
+  from sparse_tubes import compat  # reset: the cache is set up once per process otherwise
   path = str(tmp_path_factory.mktemp('jax_cache'))
   keys = ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
           'jax_persistent_cache_min_entry_size_bytes')
   before = {k: getattr(jax.config, k) for k in keys}
   for k, v in zip(keys, (path, 0, 0)):
     jax.config.update(k, v)
-  compilation_cache.reset_cache()
+  compat.reset_compilation_cache()
   yield path
   for k, v in before.items():
     jax.config.update(k, v)
-  compilation_cache.reset_cache()
+  compat.reset_compilation_cache()
 
 
 @pytest.fixture(scope='module')
@@ -558,8 +558,9 @@ def test_failed_save_stops_within_that_save(error, only, baseline, make_config, 
 
 def test_no_room_for_a_checkpoint_stops_before_training(make_config, tmp_path, monkeypatch):
   workdir = str(tmp_path)
+  usage = type(shutil.disk_usage(workdir))  # (total, used, free), as shutil returns it
   monkeypatch.setattr(ckpt_lib.shutil, 'disk_usage',
-                      lambda path: shutil._ntuple_diskusage(10 * 2**20, 10 * 2**20 - 4096, 4096))
+                      lambda path: usage(10 * 2**20, 10 * 2**20 - 4096, 4096))
   with pytest.raises(ckpt_lib.StorageError, match=r'Cannot write checkpoints in .*: 0\.0 MiB '
                      r'free, a checkpoint needs about [\d.]+ MiB \(ENOSPC\)\. No checkpoint'):
     train_cmd.train(make_config(), workdir)

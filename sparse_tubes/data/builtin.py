@@ -25,6 +25,7 @@ import cv2
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sparse_tubes import compat
 from sparse_tubes.data import transforms
 
 SIZE = 40
@@ -138,9 +139,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
   # TFDS announces "Downloading and preparing dataset Unknown size ..." and "... downloaded and
   # prepared"; nothing is downloaded here, and the callers print one line of their own instead.
+  @compat.overrides('tfds_log_download_bytes')
   def _log_download_bytes(self):
     pass
 
+  @compat.overrides('tfds_log_download_done')
   def _log_download_done(self):
     pass
 

@@ -25,6 +25,7 @@ import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sparse_tubes import compat
 from sparse_tubes.data import builtin
 from sparse_tubes.data import transforms
 
@@ -88,7 +89,7 @@ def validate(ds_cfg, *, name: str = '', process_count: int = 1) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
-class _Spec:
+class Spec:
   """The config values the per-element work needs, as plain picklable values (for worker processes)."""
   tfds_name: str
   split: str
@@ -204,7 +205,7 @@ class DataStats:
 
 # ---------------------------------------------------------------------------- per-element work
 
-def _frame_indices(spec: _Spec, n: int, rng, temporal_view: int) -> np.ndarray:
+def frame_indices(spec: Spec, n: int, rng, temporal_view: int) -> np.ndarray:
   """Which of the video's n frames make the clip: random in training (rng given), else the view."""
   if spec.sampling == 'segment':
     if rng is not None:
@@ -220,29 +221,29 @@ def _frame_indices(spec: _Spec, n: int, rng, temporal_view: int) -> np.ndarray:
   return transforms.stride_indices(n, spec.num_frames, spec.frame_stride, start)
 
 
-def _encoded(spec: _Spec, element, *, rng=None, temporal_view=0) -> transforms.EncodedClip:
+def _encoded(spec: Spec, element, *, rng=None, temporal_view=0) -> transforms.EncodedClip:
   """The sampled frames of one clip (one frame for an image), not decoded yet."""
   if spec.kind == 'image':
     return transforms.EncodedClip(element['image'])
   encoded = element['video']
   if len(encoded) == 0:
     raise transforms.DecodeError('video has no frames')
-  return transforms.EncodedClip(encoded, _frame_indices(spec, len(encoded), rng, temporal_view))
+  return transforms.EncodedClip(encoded, frame_indices(spec, len(encoded), rng, temporal_view))
 
 
-def _decode(spec: _Spec, element, *, rng=None, temporal_view=0) -> np.ndarray:
+def _decode(spec: Spec, element, *, rng=None, temporal_view=0) -> np.ndarray:
   """uint8 (t, h, w, 3) frames of one clip; only the sampled frames are decoded."""
   return _encoded(spec, element, rng=rng, temporal_view=temporal_view).decode()
 
 
-def _warn_corrupt(spec, element, error):
+def warn_corrupt(spec, element, error):
   logging.warning('Skipping example id=%s of %s/%s that failed to decode: %s',
                   element.get('id', '?'), spec.tfds_name, spec.split, error)
 
 
 @dataclasses.dataclass(frozen=True)
-class _TrainTransform(grain.transforms.RandomMap):
-  spec: _Spec
+class TrainTransform(grain.transforms.RandomMap):
+  spec: Spec
 
   def random_map(self, element, rng: np.random.Generator):
     s = self.spec
@@ -254,7 +255,7 @@ class _TrainTransform(grain.transforms.RandomMap):
                                         randaugment_layers=s.randaugment_layers,
                                         randaugment_magnitude=s.randaugment_magnitude)
     except transforms.DecodeError as e:
-      _warn_corrupt(s, element, e)
+      warn_corrupt(s, element, e)
       return None  # Dropped and counted by _SkipCorrupt.
     return {'inputs': frames if s.kind == 'video' else frames[0],
             'label': np.int32(element['label'])}
@@ -294,16 +295,18 @@ class _SkipCorruptIterator(grain.DatasetIterator):
 
   # A position without reading data (grain.experimental.set_next_index): what a restore onto a
   # different process count uses (run.Checkpointer.restore).
+  @compat.overrides('grain_get_next_index')
   def _get_next_index(self):
     return grain.experimental.get_next_index(self._parent)
 
+  @compat.overrides('grain_set_next_index')
   def _set_next_index(self, index):
     grain.experimental.set_next_index(self._parent, index)
     self._pending = 0
 
 
 @dataclasses.dataclass(frozen=True)
-class _Normalize(grain.transforms.Map):
+class Normalize(grain.transforms.Map):
   """uint8 -> float32 on whole batches: per-element buffers stay 4x smaller until here."""
   method: str | tuple
 
@@ -327,19 +330,19 @@ def train_iterator(ds_cfg, *, data_dir: str, seed: int, process_index: int, proc
   """Endless iterator of this host's train batches; supports get_state/set_state and Orbax.
   Examples skipped as corrupt are counted into `stats` as their batches arrive."""
   validate(ds_cfg, name=name, process_count=process_count)
-  spec = _Spec.from_config(ds_cfg, ds_cfg.train_split)
+  spec = Spec.from_config(ds_cfg, ds_cfg.train_split)
   source = data_source(ds_cfg, data_dir, ds_cfg.train_split, name=name)
   local_batch = ds_cfg.batch_size // process_count
 
   ds = grain.MapDataset.source(source).shuffle(seed=seed % 2**32)
   # random_map before the host slice: each element's rng comes from its global position (epoch
   # included, since slice and repeat pass it through), so hosts and epochs never share augmentations.
-  ds = ds.random_map(_TrainTransform(spec), seed=seed)
+  ds = ds.random_map(TrainTransform(spec), seed=seed)
   ds = ds[process_index::process_count].repeat()
   read = grain.ReadOptions(num_threads=grain_cfg.read_threads,
                            prefetch_buffer_size=max(2 * local_batch, grain_cfg.read_threads))
   ds = _SkipCorrupt(ds.to_iter_dataset(read, allow_nones=True))
-  ds = ds.batch(local_batch, drop_remainder=True).map(_Normalize(spec.normalization))
+  ds = ds.batch(local_batch, drop_remainder=True).map(Normalize(spec.normalization))
   if grain_cfg.worker_count > 0:
     # Grain's worker processes read absl flags; under pytest or a notebook nobody parsed them.
     if not flags.FLAGS.is_parsed():
@@ -352,7 +355,7 @@ def train_iterator(ds_cfg, *, data_dir: str, seed: int, process_index: int, proc
 
 # ------------------------------------------------------------------------------------------ eval
 
-def _key(element) -> np.ndarray:
+def example_key(element) -> np.ndarray:
   """The example's id in the dataset ('video_id', else 'id'), as KEY_BYTES of 0-padded UTF-8."""
   value = element.get('video_id', element.get('id', ''))
   if isinstance(value, np.ndarray):
@@ -369,7 +372,7 @@ def key_string(key: np.ndarray) -> str:
   return bytes(np.asarray(key, np.uint8)).rstrip(b'\0').decode('utf-8', 'replace')
 
 
-def _clips_per_video(spec: _Spec, source, read_threads: int) -> np.ndarray:
+def _clips_per_video(spec: Spec, source, read_threads: int) -> np.ndarray:
   """Temporal views of every video: `temporal_views`, or for 0 (whole video) as many
   non-overlapping clips of num_frames x frame_stride as cover it (the last one loops to the start
   when the video does not fill it). The whole-video count reads every video's frame count once."""
@@ -387,7 +390,7 @@ def _clips_per_video(spec: _Spec, source, read_threads: int) -> np.ndarray:
 class _EvalView(grain.transforms.Map):
   """View index -> one decoded, cropped view; indices past the end are padding. Video v owns the
   views offsets[v] .. offsets[v + 1] - 1, temporal-major (spatial views of clip 0 first)."""
-  spec: _Spec
+  spec: Spec
   source: object
   stats: DataStats
   offsets: np.ndarray  # (num_videos + 1,) first view of each video
@@ -404,11 +407,11 @@ class _EvalView(grain.transforms.Map):
     temporal_view, spatial_view = divmod(view, s.spatial_views)
     element = self.source[video_id]
     out.update(label=np.int32(element['label']), video_id=np.int32(video_id), view=np.int32(view),
-               key=_key(element))
+               key=example_key(element))
     try:
       frames = _decode(s, element, temporal_view=temporal_view)
     except transforms.DecodeError as e:
-      _warn_corrupt(s, element, e)
+      warn_corrupt(s, element, e)
       self.stats.add(1)
       return out  # Kept with mask=False, so every host still yields its full batches.
     frames = transforms.eval_spatial(frames, min_resize=s.min_resize, crop_size=s.crop_size,
@@ -440,7 +443,7 @@ def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: in
   """`videos` = (start, stop): only the views of those videos of the split (`features` writes a
   split in shards of videos); their video_id stays their index in the split."""
   validate(ds_cfg, name=name, process_count=process_count)
-  spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
+  spec = Spec.from_config(ds_cfg, ds_cfg.eval_split)
   source = data_source(ds_cfg, data_dir, ds_cfg.eval_split, name=name)
   local_batch = ds_cfg.eval_batch_size // process_count
   views = _clips_per_video(spec, source, read_threads) * spec.spatial_views
@@ -456,7 +459,7 @@ def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: in
   ds = ds.map(_EvalView(spec, source, stats, offsets))
   ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads,
                                             prefetch_buffer_size=2 * local_batch))
-  ds = ds.batch(local_batch).map(_Normalize(spec.normalization))
+  ds = ds.batch(local_batch).map(Normalize(spec.normalization))
   per_video = int(views[0]) if spec.temporal_views and len(views) else views
   return EvalData(ds, num_videos=len(source), views_per_video=per_video, num_batches=num_batches,
                   local_batch_size=local_batch, stats=stats)
@@ -467,7 +470,7 @@ def eval_batches(ds_cfg, *, data_dir: str, process_index: int, process_count: in
 def video_eval_views(ds_cfg, frames: np.ndarray) -> np.ndarray:
   """(views, T, H, W, C) float32 eval views of one decoded video (uint8 frames (n, h, w, 3)): the
   multi-view evaluation's clips, crops and normalization, in its view order (temporal-major)."""
-  spec = _Spec.from_config(ds_cfg, ds_cfg.eval_split)
+  spec = Spec.from_config(ds_cfg, ds_cfg.eval_split)
   clips = spec.temporal_views or max(1, -(-len(frames) // (spec.num_frames * spec.frame_stride)))
   views = []
   for tv in range(clips):

@@ -163,7 +163,7 @@ def _source(source_args):
 
 def _spec(ds_cfg, split):
   from sparse_tubes.data import pipeline
-  return pipeline._Spec.from_config(ds_cfg, split)  # pylint: disable=protected-access
+  return pipeline.Spec.from_config(ds_cfg, split)
 
 
 def _loop(args):
@@ -172,7 +172,7 @@ def _loop(args):
   from sparse_tubes.data import pipeline
   from sparse_tubes.data import transforms
   source = _source(source_args)
-  transform = pipeline._TrainTransform(spec)  # pylint: disable=protected-access
+  transform = pipeline.TrainTransform(spec)
   rng = np.random.default_rng(seed)
   elements = [source[i] for i in range(len(source))]
   transform.random_map(elements[0], rng)  # Warm-up.

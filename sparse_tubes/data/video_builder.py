@@ -22,6 +22,7 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
+from sparse_tubes import compat
 from sparse_tubes.data import builtin
 from sparse_tubes.data.video_io import Video, decode_shard, read_shard
 
@@ -364,11 +365,13 @@ class VideoBuilder(builtin.Builder):
     return {split: beam.split_examples(videos, cfg, split, self.work_dir)
             for split, videos in splits.items()}
 
+  @compat.overrides('tfds_process_pipeline_result')
   def _process_pipeline_result(self, pipeline_result):
     from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top
     self._write_report(beam.read_summaries(self.work_dir, self._beam_splits))
     self._check_report(self._manual_dir)
 
+  @compat.overrides('tfds_download_and_prepare')
   def _download_and_prepare(self, dl_manager, download_config):
     try:
       super()._download_and_prepare(dl_manager, download_config)
@@ -388,6 +391,7 @@ class VideoBuilder(builtin.Builder):
     self._write_report(summaries)
     self._check_report(self._manual_dir)
 
+  @compat.overrides('tfds_example_writer')
   def _example_writer(self):
     if self.beam:
       from sparse_tubes.data import beam  # pylint: disable=g-import-not-at-top

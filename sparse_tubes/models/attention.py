@@ -235,7 +235,7 @@ def cudnn_attention(q, k, v, *, implementation: str = 'cudnn', multiple: int | N
 
 def _sharded(fn, q, k, v):
   """fn under shard_map over the mesh axes of 'batch' and 'heads' (a plain call without a mesh)."""
-  mesh, rules = partitioning._mesh_and_rules()  # pylint: disable=protected-access
+  mesh, rules = partitioning.active_mesh_and_rules()
   if mesh is None or not rules:
     return fn(q, k, v)
   spec = partitioning.logical_to_mesh(('batch', None, 'heads', None), rules)

@@ -7,15 +7,17 @@ from collections.abc import Sequence
 
 import jax
 from flax import nnx
-from flax.core import spmd as core_spmd
+
+from sparse_tubes import compat
 
 Names = Sequence[str | None]
 
 
-def _mesh_and_rules():
+def active_mesh_and_rules():
+  """(mesh, rules) in effect here: the mesh of `jax.set_mesh` (None when none is set) and the
+  rules of `nnx.logical_axis_rules`."""
   mesh = jax.sharding.get_abstract_mesh()
-  rules = core_spmd.get_logical_axis_rules()  # what `nnx.logical_axis_rules(rules)` sets
-  return (None if mesh.empty else mesh), rules
+  return (None if mesh.empty else mesh), compat.logical_axis_rules()
 
 
 def names(init, axis_names: Names):
@@ -26,7 +28,7 @@ def names(init, axis_names: Names):
   (e.g. inside `nnx.get_abstract_model`) we let it; otherwise the names are only recorded, for
   `nnx.get_partition_spec` / `nnx.get_named_sharding` to use later.
   """
-  mesh, rules = _mesh_and_rules()
+  mesh, rules = active_mesh_and_rules()
   eager = nnx.using_eager_sharding() and mesh is not None and bool(rules)
   return nnx.with_partitioning(init, tuple(axis_names), eager_sharding=eager)
 
@@ -59,7 +61,7 @@ def constrain(x: jax.Array, axis_names: Names) -> jax.Array:
   The mesh must be set with `jax.set_mesh(mesh)` (the legacy `with mesh:` is not visible here).
   Names without a rule stay unsharded.
   """
-  mesh, rules = _mesh_and_rules()
+  mesh, rules = active_mesh_and_rules()
   if mesh is None or not rules:
     return x
   spec = logical_to_mesh(axis_names, rules)

@@ -127,8 +127,8 @@ def test_gpu_choice_and_one_logged_reason(monkeypatch, caplog, dtype, head_dim, 
 
 def _spy_cudnn(monkeypatch):
   """Lets jax's cuDNN attention trace on CPU (no cuDNN here: only tracing, never compiling)."""
-  from jax._src.cudnn import fused_attention_stablehlo as fused
-  monkeypatch.setattr(fused, 'check_cudnn_version', lambda: 91000)
+  from sparse_tubes import compat
+  monkeypatch.setattr(compat.jax_cudnn_fused_attention(), 'check_cudnn_version', lambda: 91000)
 
 
 def _train_jaxpr(f, tq, tk, heads=2, head_dim=64, batch=2):
