@@ -565,6 +565,7 @@ def test_no_room_for_a_checkpoint_stops_before_training(make_config, tmp_path, m
                      r'free, a checkpoint needs about [\d.]+ MiB \(ENOSPC\)\. No checkpoint'):
     train_cmd.train(make_config(), workdir)
   assert not os.path.exists(os.path.join(workdir, 'tensorboard'))  # Not one step was run.
+  assert not os.path.exists(os.path.join(workdir, 'config.json'))  # Nor a config recorded.
 
 
 # ------------------------------------------------------------ issue 19: results and evaluators

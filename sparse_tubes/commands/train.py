@@ -108,15 +108,16 @@ def _train(config, workdir: str, stop_after_steps: int | None) -> dict:
     for line in report:
       logging.info(line)
       _print(line)
-  # Written once the checkpoints are known to fit this config (a refused run leaves it as it was).
-  workdir_lib.save_workdir(config, workdir, command='train')
-  workdir_lib.record_changes(workdir, start, changes)
 
   try:
     ckpt.check_space(state)  # A full or read-only disk says so now, not at the first save.
   except ckpt_lib.StorageError:
     ckpt.close()
     raise
+  # Written once the checkpoints are known to fit this config and the disk to take new ones (a
+  # refused run leaves config.json as it was).
+  workdir_lib.save_workdir(config, workdir, command='train')
+  workdir_lib.record_changes(workdir, start, changes)
   # Rows of the steps after `start` (an interrupted run's) are dropped: they are done again.
   writer = metrics.MetricWriter(os.path.join(workdir, 'tensorboard'), resume_step=start)
   if start == 0:
