@@ -160,3 +160,18 @@ def test_cli_features_of_one_video(trained, tmp_path):
   both = cli('features', f'--workdir={workdir}', '--split=shapes_video', f'--input={tmp_path}',
              f'--output={tmp_path / "x"}')
   assert both.returncode != 0 and 'Give one of --split' in both.stderr
+
+
+def test_eval_batches_of_a_run_of_videos_on_two_hosts(make_config, tiny_data_dir):
+  """A shard's views (pipeline.eval_batches(videos=...)) split over 2 processes: together they
+  are every view of those videos, once, and nothing else but padding."""
+  ds = make_config().datasets.shapes_video
+  seen = []
+  for p in range(2):
+    data = pipeline.eval_batches(ds, data_dir=tiny_data_dir, process_index=p, process_count=2,
+                                 videos=(5, 11))
+    for batch in data:
+      real = batch['video_id'] >= 0
+      assert batch['mask'][real].all() and not batch['mask'][~real].any()
+      seen += list(zip(batch['video_id'][real].tolist(), batch['view'][real].tolist()))
+  assert sorted(seen) == [(v, i) for v in range(5, 11) for i in range(6)]
