@@ -26,7 +26,7 @@ FAST = {
         "'--config.datasets.shapes_video.batch_size=8', '--config.datasets.shapes_image.batch_size=8']\n"
         "WORKDIR = os.environ['SPARSE_TUBES_NB_WORKDIR']\n"),
     'pretrained': "WORKDIR = os.environ['SPARSE_TUBES_NB_WORKDIR']\n",
-    # The paper configs' plans run in tests/test_plan.py; here a tiny one on a small slice.
+    # The paper configs' plans run in tests/commands/test_plan.py; here a tiny one on a small slice.
     'plan_a_pod_job': "CONFIGS = ['synthetic/timesformer_tiny.py']\nTOPOLOGY = 'v5e:2x2'\n",
 }
 

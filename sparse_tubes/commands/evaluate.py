@@ -1,4 +1,4 @@
-"""`python -m sparse_tubes evaluate`: multi-view evaluation (evaluator.py) of a workdir's
+"""`python -m sparse_tubes evaluate`: multi-view evaluation (multiview.py) of a workdir's
 checkpoints on every dataset of `config.eval_datasets`, each head on its own dataset.
 
   evaluate --workdir=DIR [--config=...] [--checkpoint=latest|STEP|all|watch] [--force]

@@ -1,8 +1,8 @@
-"""Input-pipeline benchmark: decode + augment throughput per core, against what a TPU host needs.
-(`bench step` and `bench attention` are the train-step and attention-memory benchmarks: bench.py.)
+"""Input-pipeline throughput: decode + augment rate per core, against what a TPU host needs
+(`bench data` of commands/bench.py; `bench step|attention|zoo` are there too).
 
-  python -m sparse_tubes.bench data --config=configs/data/kinetics400.py [--data_dir=DIR]
-      [--workers=N] [--seconds=S] [--repeats=R] [--mini] [--json] [--[no-]synthetic]
+  python -m sparse_tubes bench data --config=configs/data/kinetics400.py [--data_dir=DIR]
+      [--workers=N] [--seconds=S] [--repeats=R] [--mini] [--json] [--[no]synthetic]
 
 For every dataset of the config (at its clip size, sampling and augmentation):
   - videos: on the prepared dataset when `data_dir` holds it; with --mini (or when it is not

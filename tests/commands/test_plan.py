@@ -2,7 +2,7 @@
 
 Needs libtpu (the [tpu] and [test] extras). Paper configs take minutes each to compile on 2 cores:
 CI plans TubeViT-B, ViViT-B FE and TimeSformer (divided); the rest of the README table runs with
-SPARSE_TUBES_PLAN_ALL=1 python -m pytest tests/test_plan.py.
+SPARSE_TUBES_PLAN_ALL=1 python -m pytest tests/commands/test_plan.py.
 """
 import importlib.util
 import json
