@@ -104,7 +104,7 @@ class Rows:
   labels: np.ndarray
   sums: np.ndarray | None = None
   counts: np.ndarray | None = None
-  views: list = dataclasses.field(default_factory=list)   # (row, view, vector) with --per_view
+  views: list | None = None   # (row, view, vector) of every view, with --per_view
 
   def add(self, rows: np.ndarray, view: np.ndarray, vectors: np.ndarray, per_view: bool):
     if self.sums is None:
@@ -125,7 +125,7 @@ class Rows:
            'features': (sums[ok] / np.maximum(counts[ok], 1)[:, None]).astype(np.float32),
            'views': counts[ok]}
     if self.views is not None:
-      keep = sorted((r, v, x) for r, v, x in self.views if ok[r])
+      keep = sorted(((r, v, x) for r, v, x in self.views if ok[r]), key=lambda t: t[:2])
       renumber = np.cumsum(ok) - 1
       out['view_features'] = (np.stack([x for *_, x in keep]).astype(np.float32) if keep
                               else np.zeros((0, dim), np.float32))
