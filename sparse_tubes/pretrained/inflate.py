@@ -36,6 +36,7 @@ import numpy as np
 from sparse_tubes.models import attention_patterns as patterns
 from sparse_tubes.models import tokenizers
 from sparse_tubes import config as config_lib
+from sparse_tubes import defaults
 from sparse_tubes.pretrained.vit import ImageViT
 from sparse_tubes.pretrained.weights import CheckpointMismatch, flatten, summarise, unflatten_like
 
@@ -108,12 +109,6 @@ def fold_kernel(kernel: np.ndarray, fold) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 
-def _opt(opts, key, default):
-  if opts is None:
-    return default
-  return opts.get(key, default) if hasattr(opts, 'get') else getattr(opts, key, default)
-
-
 def _heads_shape(a: np.ndarray, num_heads: int, kind: str) -> np.ndarray:
   d = a.shape[0] if kind != 'bias' else a.shape[0]
   if kind == 'in':        # (D, D) -> (D, H, hd)
@@ -146,8 +141,10 @@ def block_params(vit: ImageViT, i: int, num_heads: int) -> dict:
   return out
 
 
-def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, list[str]]:
-  """(new params with `params`' structure (numpy), report lines)."""
+def inflate(vit: ImageViT, params: dict, model_cfg, init_cfg=None) -> tuple[dict, list[str]]:
+  """(new params with `params`' structure (numpy), report lines), as config.init_from
+  (`init_cfg`, every key of defaults.base().init_from; None: those defaults) asks."""
+  init_cfg = defaults.base().init_from if init_cfg is None else init_cfg
   flat = {k: np.asarray(v) for k, v in flatten(params).items()}
   new, loaded, shapes = dict(flat), set(), []
   report = []
@@ -166,11 +163,9 @@ def inflate(vit: ImageViT, params: dict, model_cfg, opts=None) -> tuple[dict, li
   name, posemb_kind, attention = cfg.name, cfg.posemb, cfg.attention
   factorised = cfg.encoder == 'factorised'
   d, num_heads = int(cfg.hidden_size), int(cfg.num_heads)
-  tube_init = _opt(opts, 'tube_init', 'central_frame')
-  kernel_resize = _opt(opts, 'kernel_resize', 'pi')
-  posemb_init = _opt(opts, 'posemb', 'repeat')
-  temporal_init = _opt(opts, 'temporal_init', 'auto')
-  keep_heads = bool(_opt(opts, 'keep_heads', False))
+  tube_init, kernel_resize = init_cfg.tube_init, init_cfg.kernel_resize
+  posemb_init, temporal_init = init_cfg.posemb, init_cfg.temporal_init
+  keep_heads = bool(init_cfg.keep_heads)
   for key, value, allowed in (('tube_init', tube_init, TUBE_INITS),
                               ('kernel_resize', kernel_resize, KERNEL_RESIZES),
                               ('posemb', posemb_init, POSEMB_INITS),

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import defaults
 from sparse_tubes.models import video_vit
 from sparse_tubes.pretrained import inflate, vit
 
@@ -41,8 +42,11 @@ def load_into(model, params):
 
 
 def model_from(vit_obj, cfg, num_classes=None, opts=None, seed=1):
+  """The model of `cfg` inflated from `vit_obj`, config.init_from's defaults changed by `opts`."""
+  init_cfg = defaults.base().init_from
+  init_cfg.update(opts or {})
   m = build(cfg, num_classes, seed)
-  new, report = inflate.inflate(vit_obj, params_of(m), cfg, opts)
+  new, report = inflate.inflate(vit_obj, params_of(m), cfg, init_cfg)
   return load_into(m, new), report
 
 
