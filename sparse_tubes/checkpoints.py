@@ -100,9 +100,11 @@ class Checkpointer:
         max_to_keep=None if read_only else keep, create=not read_only,
         enable_async_checkpointing=use_async and not read_only,
         cleanup_tmp_directories=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options)
     self._saving = None  # The step of an asynchronous save not yet known to be complete.
     self._failed = False
+    if not read_only:  # Saves a kill or a second Ctrl-C cut short: never a complete step.
+      self.discard_partial()
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -270,7 +272,7 @@ class Checkpointer:
   def discard_partial(self, step: int | None = None) -> None:
     """Removes Orbax's temporary directories (of `step`, or all): a save that did not complete,
     never a complete checkpoint. Process 0 removes."""
-    if jax.process_index() != 0 or not os.path.isdir(self.directory):
+    if jax.process_index() != 0 or '://' in self.directory or not os.path.isdir(self.directory):
       return
     for name in os.listdir(self.directory):
       if TMP_MARK in name and (step is None or name.split('.')[0] == str(step)):

