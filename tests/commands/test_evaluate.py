@@ -249,10 +249,10 @@ def test_watch_skips_a_deleted_checkpoint(trained, tmp_path, monkeypatch, capsys
   workdir = _copy(workdir, tmp_path)
   real = ckpt_lib.restore_params
 
-  def deleted_under_it(config, workdir, step=None, classes=None):
+  def deleted_under_it(config, workdir, step=None, *args, **kw):
     if step == 3:
       shutil.rmtree(os.path.join(ckpt_lib.checkpoint_dir(workdir), '3'))
-    return real(config, workdir, step, classes)
+    return real(config, workdir, step, *args, **kw)
 
   monkeypatch.setattr(ckpt_lib, 'restore_params', deleted_under_it)
   done = evaluate.evaluate_checkpoints(config, workdir, 'watch', watch_timeout=30, poll_s=0.1)
