@@ -50,6 +50,13 @@ class PreemptionGuard:
     if self.interrupted:
       print('Ctrl-C again: stopping now without a checkpoint; the last complete checkpoint is '
             'kept.', file=sys.stderr, flush=True)
+      # That line is the last word: the asynchronous checkpoint machinery, torn down mid-save by
+      # on_abort and os._exit, may still print tracebacks from its threads. Nothing after it reaches
+      # the terminal.
+      try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+      except OSError:
+        pass
       try:
         if self.on_abort is not None:
           self.on_abort()
