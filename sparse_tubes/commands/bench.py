@@ -62,7 +62,7 @@ from sparse_tubes import config as config_lib
 from sparse_tubes import validation
 from sparse_tubes.data import sources
 from sparse_tubes.models import attention, costs
-from sparse_tubes.train import prefetch, sharding, state as state_lib, step as step_lib
+from sparse_tubes.train import prefetch, sharding, step as step_lib
 
 COMPARE = ('attention_impl', 'scan_layers', 'remat', 'dtype')
 
@@ -222,13 +222,8 @@ def compile_for_topology(config, topology: str) -> dict:
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     program = step_lib.build(config, classes, mesh, rules, max(int(config.total_steps), 1))
     state = program.abstract_state(mesh)
-    batch = {
-        name: {'inputs': jax.ShapeDtypeStruct((ds.batch_size, *costs.input_shape(ds)), np.float32,
-                                              sharding=sharding.batch_sharding(
-                                                  mesh, rules, 1 + len(costs.input_shape(ds)))),
-               'label': jax.ShapeDtypeStruct((ds.batch_size,), np.int32,
-                                             sharding=sharding.batch_sharding(mesh, rules, 1))}
-        for name, ds in config.datasets.items()}
+    batch = {name: step_lib.abstract_batch(ds, ds.batch_size, mesh, rules)
+             for name, ds in config.datasets.items()}
     start = time.perf_counter()
     compiled, total, temp = aot.compile_or_oom(program.step.lower(state, batch), (state, batch))
     compile_s = time.perf_counter() - start

@@ -156,7 +156,6 @@ def plan(config, topology: str | None = None, *, num_slices: int | None = None,
   aot.quiet_libtpu(topo)
 
   import jax
-  import jax.numpy as jnp
   from flax import nnx
 
   from sparse_tubes import config as config_lib, zoo
@@ -182,12 +181,7 @@ def plan(config, topology: str | None = None, *, num_slices: int | None = None,
   abstract = program.abstract_state(mesh)
 
   def batch(ds, size, keys):
-    shapes = {'inputs': ((size, *config_lib.input_shape(ds)), jnp.float32),
-              'label': ((size,), jnp.int32), 'video_id': ((size,), jnp.int32),
-              'mask': ((size,), jnp.bool_)}
-    return {k: jax.ShapeDtypeStruct(shapes[k][0], shapes[k][1],
-                                    sharding=sharding.batch_sharding(mesh, rules, len(shapes[k][0])))
-            for k in keys}
+    return step_lib.abstract_batch(ds, size, mesh, rules, keys)
 
   train_step = program.step
   train_batch = {n: batch(ds, ds.batch_size, ('inputs', 'label')) for n, ds in config.datasets.items()}

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sparse_tubes import config as config_lib
 from sparse_tubes.models import partitioning
 from sparse_tubes.train import mixup, optim, sharding, state as state_lib
 
@@ -132,6 +133,19 @@ def make_eval_step(graphdef, dataset: str):
     return {**{k: v for k, v in batch.items() if k != 'inputs'},
             'logits': logits.astype(jnp.float32)}
   return eval_step
+
+
+BATCH_DTYPES = {'inputs': jnp.float32, 'label': jnp.int32, 'video_id': jnp.int32, 'mask': jnp.bool_}
+
+
+def abstract_batch(ds_cfg, size: int, mesh, rules, keys=('inputs', 'label')) -> dict:
+  """ShapeDtypeStructs of one dataset's batch of `size` examples, sharded as the loop shards it:
+  what `plan` and `bench --topology` compile the train (or eval) step for."""
+  shapes = {'inputs': (size, *config_lib.input_shape(ds_cfg))}
+  return {k: jax.ShapeDtypeStruct(shapes.get(k, (size,)), BATCH_DTYPES[k],
+                                  sharding=sharding.batch_sharding(mesh, rules,
+                                                                   len(shapes.get(k, (size,)))))
+          for k in keys}
 
 
 @dataclasses.dataclass(frozen=True)
