@@ -1,5 +1,5 @@
 """Small random image ViTs and their checkpoint files in every layout (no downloads), shared by
-tests/pretrained/test_{vit,inflate,init,scaling}.py.
+tests/pretrained/test_{vit,inflate,init}.py and tests/models/test_scaling.py.
 
 The reference is HuggingFace transformers' ViTModel (an independent implementation): its state dict
 is rewritten here, by code that is not the loader's, into timm, torchvision and npz names.

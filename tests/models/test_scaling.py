@@ -8,7 +8,7 @@ import pytest
 from sparse_tubes.models import scaling
 from sparse_tubes.pretrained import init as init_lib
 from sparse_tubes.train import optim
-import vit_helpers as H
+from tests.pretrained import vit_helpers as H
 
 TUBES = (((4, 8, 8), (4, 8, 8), (0, 0, 0)), ((1, 8, 8), (4, 8, 8), (0, 0, 0)))
 

@@ -10,7 +10,7 @@ import pytest
 from sparse_tubes import checkpoints as ckpt_lib
 from sparse_tubes.commands import train as train_cmd
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = """
 import sys
