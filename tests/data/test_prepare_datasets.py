@@ -278,28 +278,6 @@ def test_default_config_opens_by_plain_name_in_a_fresh_process(mini_ssv2, tmp_pa
   assert out.stdout.split() == ['native_256px', '4', 'False', 'False']
 
 
-def test_unprepared_dataset_error_names_the_command(tmp_path):
-  with pytest.raises(ValueError, match='python -m sparse_tubes prepare'):
-    builtin.ensure_built('kinetics600', str(tmp_path))
-  with pytest.raises(ValueError, match='Unknown dataset'):
-    prepare.run('kinetics500', manual_dir=str(tmp_path), data_dir=str(tmp_path), workers=1)
-  with pytest.raises(ValueError, match='NAMEfps_SIZEpx'):
-    prepare.run('ssv2/fast', manual_dir=str(tmp_path), data_dir=str(tmp_path), workers=1)
-  with pytest.raises(ValueError, match='train.csv'):
-    prepare.run('kinetics700', manual_dir=str(tmp_path), data_dir=str(tmp_path), workers=1)
-
-
-def test_decode_video_resampling_and_failures(tmp_path):
-  path = str(tmp_path / 'a.mp4')
-  video_io.write_video(path, _frames(30, 48, 64, 0), 30)  # 1 s
-  for fps, n in ((None, 30), (10, 10), (25, 25), (60, 60)):
-    d = video_io.decode_video(path, fps=fps, short_side=None)
-    assert len(d.frames) == n and (d.height, d.width) == (48, 64)
-  assert video_io.decode_video(path, fps=10, short_side=96).width == 128  # Upscaled too.
-  with pytest.raises(video_io.VideoError, match='missing'):
-    video_io.decode_video(str(tmp_path / 'nope.mp4'))
-
-
 def _video_cfg(name, **kw):
   return defaults.dataset(**{**dict(
       tfds_name=name, kind='video', batch_size=4, eval_batch_size=6, num_frames=4,
