@@ -12,11 +12,6 @@ def load(**kw):
   return config_lib.load(TINY, **kw)
 
 
-def test_tiny_config_is_valid():
-  validation.validate(load(), num_devices=1, process_count=1)
-  validation.validate(load(), num_devices=8, process_count=1)
-
-
 def test_load_rejects_unknown_override():
   with pytest.raises(KeyError, match='config.model.hiden_size'):
     load(model__hiden_size=3)
@@ -36,29 +31,6 @@ def test_unknown_dataset_key():
   c.datasets.shapes_video.num_frame = 8
   with pytest.raises(ValueError, match=r'config\.datasets\.shapes_video\.num_frame'):
     validation.validate(c, num_devices=1, process_count=1)
-
-
-@pytest.mark.parametrize('overrides,devices,match', [
-    (dict(datasets__shapes_video__batch_size=12), 8, r'shapes_video\.batch_size=12 .*multiple of the data-parallel size 8'),
-    (dict(datasets__shapes_image__eval_batch_size=6, mesh__data=4, mesh__fsdp=2), 8, r'eval_batch_size=6'),
-    (dict(mesh__data=3), 8, 'needs 3 devices'),
-    (dict(datasets__shapes_video__tfds_name=''), 1, r'shapes_video\.tfds_name'),
-    (dict(datasets__shapes_video__kind='audio'), 1, r'shapes_video\.kind'),
-    (dict(datasets__shapes_video__crop_size=64), 1, r'shapes_video\.crop_size=64 is larger than min_resize'),
-    (dict(model__dtype='float16'), 1, r'config\.model\.dtype'),
-    (dict(total_steps=10, optimizer__warmup_steps=10), 1, r'warmup_steps'),
-    (dict(eval_datasets=('kinetics',)), 1, r'eval_datasets names .kinetics.'),
-    (dict(sharding_rules=(('batch', 'model'),)), 1, r"mesh axis 'model'"),
-])
-def test_inconsistent_settings(overrides, devices, match):
-  with pytest.raises(ValueError, match=match):
-    validation.validate(load(**overrides), num_devices=devices, process_count=1)
-
-
-def test_tube_that_does_not_fit_the_clip_names_the_tube():
-  # Tube 0 spans 8 frames; a 4-frame clip cannot hold it.
-  with pytest.raises(ValueError, match=r'shapes_video.*config\.model\.tubes\[0\]'):
-    validation.validate(load(datasets__shapes_video__num_frames=4), num_devices=1, process_count=1)
 
 
 def test_epochs_count_over_the_first_dataset():
