@@ -192,7 +192,7 @@ def test_device_count_invariance(trained, tmp_path):
   workdir = _copy(workdir, tmp_path)
   ref_results, ref_pred, _ = _eval(config, workdir)
   npz = str(tmp_path / 'pred{}.npz')
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   proc = subprocess.run(
       [sys.executable, '-c', EIGHT_DEVICES.format(tests=os.path.join(REPO, 'tests'),

@@ -89,7 +89,7 @@ train_cmd.train(tiny_config({data!r}, mesh__data={data_axis}, mesh__fsdp={fsdp})
 
 def train_on(devices: int, data_axis: int, fsdp: int, workdir: str, data_dir: str, stop=None):
   """train_cmd.train in a child process with `devices` fake CPU devices; returns its stderr."""
-  env = dict(os.environ, XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}')
   code = CHILD.format(tests=os.path.join(REPO, 'tests'), data=data_dir, workdir=workdir,
                       devices=devices, data_axis=data_axis, fsdp=fsdp, stop=stop)
   proc = subprocess.run([sys.executable, '-c', code], env=env, cwd=REPO, capture_output=True,

@@ -235,7 +235,7 @@ def test_kernel_runs_under_shard_map_over_batch_and_heads(tmp_path):
   import os
   import subprocess
   import sys
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4',
              JAX_PLATFORMS='cpu')
   out = subprocess.run([sys.executable, '-c', SHARDED], env=env, capture_output=True, text=True,
                        timeout=300)

@@ -78,6 +78,7 @@ def zoo_config(spec, data_dir, **overrides):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures('optimised_compiles')   # 300-800 steps: run time, not compile, costs here
 @pytest.mark.parametrize('name', list(ZOO))
 def test_direction_of_motion_separates_the_patterns(name, video_data_dir, tmp_path):
   """One pattern per test, so pytest-xdist spreads the training runs over the cores."""
