@@ -87,7 +87,7 @@ class Checkpointer:
   position, saved together (the layout in the module docstring).
 
   Orbax writes each step into a temporary directory and renames it when complete, so a crash or a
-  kill mid-save leaves the previous checkpoints intact (tests/train/test_checkpoint.py kills a run
+  kill mid-save leaves the previous checkpoints intact (tests/test_checkpoints.py kills a run
   to check). Saves are asynchronous: training continues while the arrays are written.
   """
 

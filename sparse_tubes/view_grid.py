@@ -17,7 +17,7 @@ rounded down, 0, 1, 1/2, 1/3, 2/3), S = 3 four crop positions: 24 views per vide
 sub-grids, where twelve separate evaluations would run 60 and the 4x3 evaluation alone 12. For
 segment sampling (SSv2) clip i of t takes the frame at (i + 0.5) / t of each segment. Each
 sub-grid's scores are summed in the order `evaluate` sums them, so its numbers equal those of a
-separate evaluation at that grid (tests/test_multiview.py checks every sub-grid).
+separate evaluation at that grid (tests/test_view_grid.py checks every sub-grid).
 
 Whole-video evaluation (eval_temporal_views=0) has no sub-grids and is refused. Every host runs
 its share of the views and gets every view's logits (as in multiview.py); the per-view logits
