@@ -51,10 +51,28 @@ def optimised_compiles(monkeypatch):
 
 
 def pytest_collection_modifyitems(items):
-  """The slow tests first: pytest-xdist hands tests out in this order, so the minutes-long ones
-  start while the other worker still has short ones to run, rather than one worker finishing a
-  long test alone at the end."""
-  items.sort(key=lambda item: item.get_closest_marker('slow') is None)
+  """Spread the slow tests over the xdist workers, each worker's share first.
+
+  `make test` runs `-n 3 --dist worksteal`, which hands worker i the i-th contiguous block of this
+  order and lets idle workers steal from the END of the others' queues. In collection order one
+  block would hold most slow tests (the TPU plans, the notebooks and the training checks sit
+  together) and run them one after another while the other workers stole its quick tests. So the
+  slow tests are dealt round-robin into the blocks, each block starting with its slow tests; quick
+  tests fill the rest of each block and are what gets stolen."""
+  workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+  slow = [item for item in items if item.get_closest_marker('slow') is not None]
+  quick = [item for item in items if item.get_closest_marker('slow') is None]
+  # Block sizes as xdist's worksteal splits len(items) among `workers` idle nodes.
+  sizes, left = [], len(items)
+  for i in range(workers):
+    sizes.append(left // (workers - i))
+    left -= sizes[-1]
+  blocks = [slow[i::workers] for i in range(workers)]
+  for block, size in zip(blocks, sizes):
+    take = max(size - len(block), 0)
+    block += quick[:take]
+    del quick[:take]
+  items[:] = [item for block in blocks for item in block] + quick
 
 
 @pytest.fixture(scope='session')
