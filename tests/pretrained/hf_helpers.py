@@ -65,3 +65,15 @@ def our_logits(model, x: np.ndarray, dataset: str = 'hf') -> np.ndarray:
 
 def clips(batch: int = 2, frames: int = T, size: int = SIZE, seed: int = 0) -> np.ndarray:
   return np.random.default_rng(seed).normal(size=(batch, frames, size, size, 3)).astype(np.float32)
+
+
+def state_dict(model) -> dict:
+  """A torch module's state dict as NumPy arrays."""
+  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def assert_same(a: dict, b: dict):
+  """Two state dicts: the same keys, bit-identical arrays."""
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)

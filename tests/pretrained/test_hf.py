@@ -15,16 +15,6 @@ from sparse_tubes.pretrained import hf, weights  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 
 
-def _state_dict(model) -> dict:
-  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict):
-  assert sorted(a) == sorted(b)
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
 @pytest.fixture(scope='module')
 def vivit(tmp_path_factory):
   model = H.hf_model('vivit')
@@ -44,7 +34,7 @@ def divided(tmp_path_factory):
 def test_vivit_v4_names_bin_and_bare_model(vivit, tmp_path):
   model, d, ref = vivit
   cfg = json.load(open(f'{d}/config.json'))
-  sd = _state_dict(model)
+  sd = H.state_dict(model)
   # transformers 4.x names ('vivit.encoder.layer.{i}.attention.attention.query', ...), as a
   # pytorch_model.bin, with LayerNorm gamma/beta as in old pickles.
   v4 = {}
@@ -61,7 +51,7 @@ def test_vivit_v4_names_bin_and_bare_model(vivit, tmp_path):
   torch.save(v4, tmp_path / 'v4' / 'pytorch_model.bin')
   json.dump(cfg, open(tmp_path / 'v4' / 'config.json', 'w'))
   got = hf.load(str(tmp_path / 'v4'))
-  _same(got.params, ref.params)
+  H.assert_same(got.params, ref.params)
   np.testing.assert_array_equal(got.head[0], ref.head[0])
 
   # A bare VivitModel (no 'vivit.' prefix, a pooler, no classifier): pooler ignored, no head.
@@ -69,16 +59,16 @@ def test_vivit_v4_names_bin_and_bare_model(vivit, tmp_path):
   bare['pooler.dense.weight'] = np.zeros((32, 32), np.float32)
   bare['pooler.dense.bias'] = np.zeros((32,), np.float32)
   got = hf.convert_state_dict(bare, cfg)
-  _same(got.params, ref.params)
+  H.assert_same(got.params, ref.params)
   assert got.head is None and got.ignored == ['pooler.dense.bias', 'pooler.dense.weight']
 
 
 def test_timesformer_without_prefix_and_key_errors(divided):
   model, d, ref = divided
   cfg = json.load(open(f'{d}/config.json'))
-  sd = _state_dict(model)
+  sd = H.state_dict(model)
   bare = {k.replace('timesformer.', '', 1): v for k, v in sd.items()}
-  _same(hf.convert_state_dict(bare, cfg).params, ref.params)
+  H.assert_same(hf.convert_state_dict(bare, cfg).params, ref.params)
 
   broken = dict(sd)
   del broken['timesformer.encoder.layer.1.temporal_dense.weight']
@@ -106,7 +96,7 @@ def test_export_round_trip(tmp_path, kind, attention, layout):
   hf.export(imported.params, imported.model, str(tmp_path / 'out'), head=imported.head,
             labels=imported.labels, layout=layout)
   back = hf.load(str(tmp_path / 'out'))
-  _same(back.params, imported.params)
+  H.assert_same(back.params, imported.params)
   np.testing.assert_array_equal(back.head[0], imported.head[0])
   assert back.labels == imported.labels
   assert {k: v for k, v in back.model.items()} == imported.model

@@ -10,16 +10,6 @@ from sparse_tubes.pretrained import hf, timesformer_official  # noqa: E402
 from tests.pretrained import hf_helpers as H  # noqa: E402
 
 
-def _state_dict(model) -> dict:
-  return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-
-
-def _same(a: dict, b: dict):
-  assert sorted(a) == sorted(b)
-  for k in a:
-    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-
-
 def _official_keys(sd: dict) -> dict:
   """HF TimeSformer names -> facebookresearch/TimeSformer names (the inverse of the importer)."""
   inverse = [
@@ -49,7 +39,7 @@ def test_official_pyth(tmp_path, attention):
   model = H.hf_model('timesformer', attention)
   model.save_pretrained(tmp_path / 'hf')
   ref = hf.load(str(tmp_path / 'hf'))
-  official = _official_keys(_state_dict(model))
+  official = _official_keys(H.state_dict(model))
   for key in ('model.cls_token', 'model.pos_embed', 'model.patch_embed.proj.weight',
               'model.blocks.0.norm1.weight', 'model.blocks.0.attn.qkv.weight',
               'model.blocks.1.attn.proj.bias', 'model.blocks.0.norm2.weight',
@@ -65,7 +55,7 @@ def test_official_pyth(tmp_path, attention):
   torch.save({'epoch': 15, 'model_state': official, 'optimizer_state': {},
               'cfg': 'TIMESFORMER:\n  ATTENTION_TYPE: x\n'}, path)
   got = timesformer_official.load(str(path), num_heads=4, num_frames=H.T)
-  _same(got.params, ref.params)
+  H.assert_same(got.params, ref.params)
   for key in ('name', 'hidden_size', 'num_layers', 'mlp_dim', 'tubes', 'input_shape', 'attention'):
     assert got.model[key] == ref.model[key], key
   assert 'space_cls_average' not in got.model  # the official code's average (our default)
