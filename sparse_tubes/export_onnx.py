@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import compat
 from sparse_tubes import config as config_lib
 from sparse_tubes.models import video_vit
 
@@ -72,7 +73,8 @@ def _import():
 def model_fn(model_cfg, params, num_classes: dict, dataset: str):
   """x -> (logits, features) of the head `dataset`, parameters as host constants."""
   cfg = export_config(model_cfg)
-  abstract = nnx.eval_shape(lambda: video_vit.build_model(cfg, num_classes, rngs=nnx.Rngs(0)))
+  abstract = nnx.eval_shape(lambda: video_vit.build_model(
+      cfg, num_classes, rngs=compat.host_counted_rngs(params=0)))
   graphdef, state = nnx.split(abstract, nnx.Param)
   # Host arrays, outside any mesh: constants of the ONNX graph, no sharding annotations.
   state.replace_by_pure_dict(jax.tree.map(np.asarray, jax.device_get(params)))

@@ -28,17 +28,21 @@ def test_peak_bytes_counts_donated_outputs_once():
 
 class Lowered:
   def __init__(self, error=None):
-    self.error = error
+    self.error, self.options = error, []
 
-  def compile(self):
+  def compile(self, compiler_options=None):
+    self.options.append(compiler_options)
     if self.error:
       raise self.error
     return types.SimpleNamespace(memory_analysis=lambda: memory(10, 20, 5, 3))
 
 
 def test_compile_or_oom():
-  compiled, peak, temp = aot.compile_or_oom(Lowered(), {})
+  lowered = Lowered()
+  compiled, peak, temp = aot.compile_or_oom(lowered, {})
   assert compiled is not None and (peak, temp) == (28, 3)
+  aot.compile_or_oom(lowered, {}, aot.QUICK)   # plan --quick: the options reach the compiler
+  assert lowered.options == [None, {'exec_time_optimization_effort': -1.0}]
   oom = RuntimeError('RESOURCE_EXHAUSTED: Ran out of memory in memory space hbm. Used 190G of '
                      '95.74G hbm. Exceeded hbm capacity by 94G. HLO temporaries (1.5G) exceeds ...')
   args = jax.ShapeDtypeStruct((2, 2), np.float32, sharding=jax.sharding.SingleDeviceSharding(

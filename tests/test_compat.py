@@ -164,3 +164,35 @@ def test_no_private_api_outside_compat():
       if path.name != 'compat.py':
         found += [f'{path.relative_to(REPO)}:{i}' for i in private_uses(path.read_text())]
   assert not found, 'private APIs outside sparse_tubes/compat.py:\n' + '\n'.join(found)
+
+
+def test_host_counted_rngs_draw_nnx_keys_and_keep_traced_builds_linear(monkeypatch):
+  from flax import nnx
+  from sparse_tubes import config as config_lib
+  from sparse_tubes.models import video_vit
+
+  def draws(make):
+    rngs = make(params=3)
+    return jax.numpy.stack([jax.random.key_data(rngs.params()) for _ in range(3)])
+
+  plain = draws(nnx.Rngs)
+  assert len({tuple(k) for k in plain.tolist()}) == 3
+  for name, keys in (('eager', draws(compat.host_counted_rngs)),
+                     ('jit', jax.jit(lambda: draws(compat.host_counted_rngs))())):
+    assert (keys == plain).all(), (name, keys, plain)   # jit must not see only the last count
+
+  # The reason for it: under a trace, nnx.Rngs' traced counter makes flax read a tracer's
+  # `.sharding`, whose error message jax builds by walking the whole trace (quadratic builds).
+  walks, tracer = [], compat.jaxpr_tracer_class()
+  origin = tracer._origin_msg
+  monkeypatch.setattr(tracer, '_origin_msg', lambda self: walks.append(1) or origin(self))
+  cfg = config_lib.load(str(REPO / 'configs' / 'synthetic' / 'tubevit_tiny.py')).model
+  host = nnx.eval_shape(lambda: video_vit.build_model(
+      cfg, {'a': 8}, rngs=compat.host_counted_rngs(params=0)))
+  assert not walks
+  plain_model = nnx.eval_shape(lambda: video_vit.build_model(cfg, {'a': 8},
+                                                             rngs=nnx.Rngs(params=0)))
+  assert walks, moved('host_counted_rngs', 'flax', 'nnx.Rngs no longer walks the trace on each '
+                      'draw: the workaround may go (use nnx.Rngs)')
+  shapes = lambda m: jax.tree.map(lambda x: (x.shape, x.dtype), nnx.state(m, nnx.Param))
+  assert shapes(host) == shapes(plain_model)

@@ -16,6 +16,10 @@ backward pass costs two forwards), since XLA cannot see inside custom kernels; t
 estimate ('optimal_seconds' of its cost analysis) is shown where it gives one. Step times at 40%
 and 60% MFU use the chip's peak bf16 rate (sparse_tubes/chips.py).
 
+--quick compiles with XLA's lowest run-time optimisation effort: 4-5x faster on the paper configs,
+memory per chip within 2% of the full compile there (sparse_tubes/aot.py says what was compared).
+For iterating on a config; confirm the final one with a full plan.
+
 Several slices (--num_slices=N, docs/multislice.md): the step is compiled for N such slices joined
 over the data-centre network (DCN), with config.mesh.slices=N (the data axis spans the slices), and
 the report adds the bytes each chip sends across slices per step (read from the compiled program)
@@ -136,9 +140,10 @@ def dcn_report(hlo_text: str, num_slices: int, dcn_gbps: float, compute_s: float
 
 
 def plan(config, topology: str | None = None, *, num_slices: int | None = None,
-         dcn_gbps: float = DCN_GBPS) -> dict:
+         dcn_gbps: float = DCN_GBPS, quick: bool = False) -> dict:
   """Compiles the train and eval steps for `topology` (default: config.topology), `num_slices` of
-  it (default: config.mesh.slices); returns the report as a dict (the --json keys)."""
+  it (default: config.mesh.slices), at XLA's lowest optimisation effort if `quick`; returns the
+  report as a dict (the --json keys)."""
   from sparse_tubes import chips
   topology = topology or config.topology
   if not topology:
@@ -191,11 +196,12 @@ def plan(config, topology: str | None = None, *, num_slices: int | None = None,
                       out_shardings=sharding.replicated(mesh))
   eval_batch = batch(eval_ds, eval_ds.eval_batch_size, ('inputs', 'label', 'video_id', 'mask'))
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    options = aot.QUICK if quick else None
     compiled, peak, temp = aot.compile_or_oom(train_step.lower(abstract, train_batch),
-                                    (abstract, train_batch))
+                                              (abstract, train_batch), options)
     compile_s = time.time() - start
     eval_args = (state_lib.abstract_params(spec), eval_batch)
-    _, eval_peak, _ = aot.compile_or_oom(eval_step.lower(*eval_args), eval_args)
+    _, eval_peak, _ = aot.compile_or_oom(eval_step.lower(*eval_args), eval_args, options)
 
   cost = (compiled.cost_analysis() if compiled is not None else None) or {}
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -219,7 +225,7 @@ def plan(config, topology: str | None = None, *, num_slices: int | None = None,
                        if cost.get('optimal_seconds', -1) > 0 else None),  # < 0: no estimate
       peak_bf16_tflops_per_chip=float(g.bf16_tflops),
       step_s={f'{int(u * 100)}%_mfu': flops / (peak_flops * u) for u in (0.4, 0.6)},
-      compile_s=compile_s)
+      compile_s=compile_s, quick=bool(quick))
   result['examples_per_s'] = {k: examples / v for k, v in result['step_s'].items()}
   result['dcn_gbps'] = float(dcn_gbps)
   if compiled is not None:
@@ -261,13 +267,14 @@ def format_text(r: dict) -> str:
         f"chip, against {compute * 1e3:.1f} ms of compute at 40% MFU: "
         + ('DCN-BOUND' if r['dcn_bound'] else 'not DCN-bound'))
   lines += [f'  {a}' for a in r['advice']]
-  lines.append(f"(compiled in {r['compile_s']:.0f} s)")
+  lines.append(f"(compiled in {r['compile_s']:.0f} s"
+               + (", quick: memory within ~2%; confirm without --quick)" if r['quick'] else ')'))
   return '\n'.join(lines)
 
 
 def run(config, *, topology: str | None = None, num_slices: int | None = None,
-        dcn_gbps: float = DCN_GBPS, as_json: bool = False) -> dict:
-  result = plan(config, topology, num_slices=num_slices, dcn_gbps=dcn_gbps)
+        dcn_gbps: float = DCN_GBPS, quick: bool = False, as_json: bool = False) -> dict:
+  result = plan(config, topology, num_slices=num_slices, dcn_gbps=dcn_gbps, quick=quick)
   print(json.dumps(result, indent=2) if as_json else format_text(result), flush=True)
   return result
 
@@ -275,4 +282,4 @@ def run(config, *, topology: str | None = None, num_slices: int | None = None,
 def main(flags, args):
   from sparse_tubes.commands import need
   run(need(flags.config, 'config', 'configs/kinetics400/tubevit_b.py'), topology=flags.topology,
-      num_slices=flags.num_slices, dcn_gbps=flags.dcn_gbps, as_json=flags.json)
+      num_slices=flags.num_slices, dcn_gbps=flags.dcn_gbps, quick=flags.quick, as_json=flags.json)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sparse_tubes import compat
 from sparse_tubes import config as config_lib
 from sparse_tubes import validation
 from sparse_tubes.data import sources
@@ -64,8 +65,8 @@ def _flat_model_cfg(model_cfg, **overrides):
 def abstract_model(model_cfg, classes: Mapping[str, int]):
   """(graphdef, abstract Param state) of the model: shapes only, nothing allocated."""
   with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: video_vit.build_model(model_cfg, classes,
-                                                         rngs=nnx.Rngs(params=0)))
+    model = nnx.eval_shape(lambda: video_vit.build_model(
+        model_cfg, classes, rngs=compat.host_counted_rngs(params=0)))
   return nnx.split(model, nnx.Param)
 
 

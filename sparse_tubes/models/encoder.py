@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sparse_tubes import compat
 from sparse_tubes.models import attention_patterns as patterns
 from sparse_tubes.models import partitioning, scaling
 from sparse_tubes.models.attention import MultiHeadAttention
@@ -232,7 +233,7 @@ class Encoder(nnx.Module):
     def apply(graphdef, state, x, key, rate):
       block = nnx.merge(graphdef, state)
       return block(x, layout, drop_rate=rate, train=train,
-                   rngs=None if key is None else nnx.Rngs(dropout=key))
+                   rngs=None if key is None else compat.host_counted_rngs(dropout=key))
     if self.remat != 'none':
       apply = jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat], static_argnums=(0,),
                              prevent_cse=not self.scan)

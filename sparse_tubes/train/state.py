@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sparse_tubes import compat
 from sparse_tubes.models import video_vit
 from sparse_tubes.train import sharding
 
@@ -26,7 +27,8 @@ class ModelSpec:
 
 def _init_fn(model_cfg, num_classes, seed):
   def init():
-    model = video_vit.build_model(model_cfg, num_classes, rngs=nnx.Rngs(params=seed))
+    rngs = compat.host_counted_rngs(params=seed)  # a traced build, linear in the model's size
+    model = video_vit.build_model(model_cfg, num_classes, rngs=rngs)
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
   return init
 
@@ -35,7 +37,8 @@ def model_spec(model_cfg, num_classes: Mapping[str, int], mesh, rules) -> ModelS
   """Shapes and shardings of the model, with nothing allocated."""
   with nnx.use_eager_sharding(False):
     abstract_model = nnx.eval_shape(
-        lambda: video_vit.build_model(model_cfg, num_classes, rngs=nnx.Rngs(params=0)))
+        lambda: video_vit.build_model(model_cfg, num_classes,
+                                      rngs=compat.host_counted_rngs(params=0)))
     graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
     shardings = sharding.state_shardings(abstract_state, mesh, rules)
   return ModelSpec(graphdef, nnx.to_pure_dict(abstract_state), shardings)

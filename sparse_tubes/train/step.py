@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from sparse_tubes import compat
 from sparse_tubes import config as config_lib
 from sparse_tubes.models import partitioning
 from sparse_tubes.train import mixup, optim, sharding, state as state_lib
@@ -56,7 +57,8 @@ def make_train_step(graphdef, tx, schedule, datasets: Mapping, num_classes: Mapp
     total, metrics = 0.0, {}
     for name in names:
       x, soft, y = batch[name]
-      logits = model(x, dataset=name, train=True, rngs=nnx.Rngs(dropout=drop_keys[name]))
+      rngs = compat.host_counted_rngs(dropout=drop_keys[name])
+      logits = model(x, dataset=name, train=True, rngs=rngs)
       loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), soft).mean()
       total += weights[name] * loss
       metrics[f'train/loss/{name}'] = loss
