@@ -1,8 +1,8 @@
 """`plan`: the train and eval steps compiled ahead of time for TPU slices, on this CPU machine.
 
 Needs libtpu (the [tpu] and [test] extras). A paper config takes about a minute to compile on 2
-cores, 10-15 s with --quick: CI plans TubeViT-B and ViViT-B FE quick, and TimeSformer (divided)
-both ways, comparing the two; the rest of the docs/pods.md table runs (full) with
+cores, 10-15 s with --quick: CI plans TubeViT-B, ViViT-B FE and TimeSformer (divided) quick; every
+paper config of the docs/pods.md table, full and quick (compared), runs with
 SPARSE_TUBES_PLAN_ALL=1 python -m pytest tests/commands/test_plan.py.
 """
 import importlib.util
@@ -117,29 +117,26 @@ def _check_paper(name, *modes):
   return results
 
 
-# TimeSformer compiles fastest at full effort (~35 s alone): it is where --quick is held to its
-# docstring: peak memory per chip within 2% of the full compile.
-MODES = {'kinetics400/tubevit_b': (True,), 'kinetics400/vivit_b16x2_fe': (True,),
-         'kinetics400/timesformer_divst': (False, True)}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('name', sorted(PAPER))
 def test_paper_config_fits_its_topology(name):
+  """Quick compiles (10-25 CPU-seconds each, against 40-85 at full effort): each config peaks far
+  enough under its slice's HBM (TubeViT-B 12.6 of 16 GiB, the others under 3.1) that the <2% by
+  which --quick moves the figure cannot change the answer. The full-effort compile is tested on the
+  tiny config above, and on every paper config, against --quick, with SPARSE_TUBES_PLAN_ALL=1."""
   assert config_lib.load(os.path.join(REPO, 'configs', name + '.py')).topology == PAPER[name]
-  results = _check_paper(name, *MODES[name])
-  if len(results) == 2:
-    full, quick = results
-    assert quick['hbm_per_chip_gib'] == pytest.approx(full['hbm_per_chip_gib'], rel=0.02)
-    assert quick['temp_gib'] == pytest.approx(full['temp_gib'], rel=0.05)  # 0.74 vs 0.76 GiB
-    assert (quick['params_gib'], quick['flops_per_step']) == (full['params_gib'],
-                                                              full['flops_per_step'])
-    assert 'quick: memory within ~2%' in plan.format_text(quick)
+  _check_paper(name, True)
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get('SPARSE_TUBES_PLAN_ALL'),
                     reason='minutes per config on 2 cores: SPARSE_TUBES_PLAN_ALL=1 runs them')
-@pytest.mark.parametrize('name', MORE)
-def test_more_paper_configs_fit(name):
-  _check_paper(name, False)
+@pytest.mark.parametrize('name', sorted(PAPER) + MORE)
+def test_more_paper_configs_fit_and_quick_plans_match_full(name):
+  """Every paper config fits its slice at full effort, and --quick's peak per chip is within 2%
+  of it (plan.py's docstring and docs/pods.md say so)."""
+  full, quick = _check_paper(name, False, True)
+  assert quick['hbm_per_chip_gib'] == pytest.approx(full['hbm_per_chip_gib'], rel=0.02)
+  assert (quick['params_gib'], quick['flops_per_step']) == (full['params_gib'],
+                                                            full['flops_per_step'])
+  assert 'quick: memory within ~2%' in plan.format_text(quick)

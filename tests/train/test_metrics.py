@@ -73,3 +73,21 @@ def test_profile_window(monkeypatch, tmp_path):
                                                    'num_steps': 1}), str(tmp_path))
   off(1)
   assert len(calls) == 2
+
+
+def test_writer_does_not_load_torch(tmp_path):
+  """tensorboardX would import torch (the [torch] extra) at load: 1.5 s per train process."""
+  import subprocess
+  import sys
+  code = ('import sys\nfrom sparse_tubes.train import metrics\n'
+          f'w = metrics.MetricWriter({str(tmp_path)!r}, enabled=True)\n'
+          'w.write_scalars(1, {"a": 1.0}); w.close()\n'
+          'import importlib.util\n'
+          'print("torch" in sys.modules, importlib.util.find_spec("torch") is not None)\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+  loaded, installed = out.stdout.split()
+  assert loaded == 'False', out.stdout
+  assert (tmp_path / 'metrics.jsonl').read_text().count('"a": 1.0') == 1
+  if installed == 'True':   # torch stays importable afterwards
+    subprocess.run([sys.executable, '-c', code + 'import torch\n'], check=True, capture_output=True)
