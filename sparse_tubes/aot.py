@@ -54,11 +54,12 @@ UNITS = {'B': 1, 'K': 2**10, 'M': 2**20, 'G': 2**30, 'T': 2**40}
 
 
 # `plan --quick`: XLA's lowest effort at optimising the program's run time (ExecutableBuildOptions'
-# exec_time_optimization_effort, -1 to 1, default 0). libtpu then compiles a paper config 4-5x
-# faster (TubeViT-B's train + eval steps: 10 s instead of 57 s on 2 cores) and its memory figures
-# moved by under 2% (TubeViT-B 12.64 vs 12.45 GiB peak per chip, ViViT-B FE 2.96 vs 2.99,
-# TimeSformer 1.65 vs 1.67, libtpu 0.0.42). Tiny programs move more in relative terms (tens of MiB)
-# and their collectives may be scheduled differently, so DCN figures want a full compile.
+# exec_time_optimization_effort, -1 to 1, default 0). libtpu 0.0.42 then planned the eleven paper
+# configs 4.8x faster (train + eval steps, 2 cores: 101 s instead of 480 s in all; TubeViT-B 10 s
+# instead of 64 s), and the peak per chip moved by at most 7%, mostly down (TimeSformer-HR 3.92 vs
+# 4.20 GiB, TubeViT-L 7.36 vs 7.78, TubeViT-B 12.64 vs 12.45; docs/pods.md has every config). Tiny
+# programs move more in relative terms (tens of MiB) and their collectives may be scheduled
+# differently, so DCN figures want a full compile.
 QUICK = {'exec_time_optimization_effort': -1.0}
 
 

@@ -107,7 +107,7 @@ _NUM_SLICES = flags.DEFINE_integer('num_slices', None, 'plan: that many slices o
 _DCN_GBPS = flags.DEFINE_float('dcn_gbps', 25.0, 'plan --num_slices: data-centre network bandwidth '
                                "per chip, Gbit/s (default: v5e's 6.4 Tbps per 256-chip pod).")
 _QUICK = flags.DEFINE_bool('quick', False, "plan: compile at XLA's lowest optimisation effort, "
-                           '4-5x faster; memory per chip within ~2% on the paper configs.')
+                           '~5x faster; peak per chip within ~7% on the paper configs.')
 _FPS = flags.DEFINE_float('fps', None, 'predict, features: frame rate to decode a video at '
                           "(default: the dataset's stored rate, 25 for Kinetics).")
 _SEGMENTS = flags.DEFINE_string('segments', None, 'predict: SECONDS[:STRIDE]: top classes of each '

@@ -198,8 +198,8 @@ def tubevit_recipe(c: ml_collections.ConfigDict, size: str, *, ssv2: bool = Fals
     c.label_smoothing = 0.3
     ssv2_regularisation(c, randaugment=(2, 10))
   # TPU: batch 256 on a v5e-16 is 16 clips of 539 tokens per chip. B fits without remat (plan:
-  # 13.8 of 16 GiB per chip); L recomputes activations (remat: 9.2 GiB); H's 657M parameters and their Adam moments go to a v5p
-  # slice with FSDP (README: "What each paper config needs").
+  # 12.5 of 16 GiB per chip); L recomputes activations (remat: 7.8 GiB); H's 657M parameters and
+  # their Adam moments go to a v5p slice with FSDP (docs/pods.md: "What each paper config needs").
   if size == 'B':
     tpu(c, 'v5e:4x4', remat=False)
   elif size == 'L':

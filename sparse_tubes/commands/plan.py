@@ -16,9 +16,10 @@ backward pass costs two forwards), since XLA cannot see inside custom kernels; t
 estimate ('optimal_seconds' of its cost analysis) is shown where it gives one. Step times at 40%
 and 60% MFU use the chip's peak bf16 rate (sparse_tubes/chips.py).
 
---quick compiles with XLA's lowest run-time optimisation effort: 4-5x faster on the paper configs,
-memory per chip within 2% of the full compile there (sparse_tubes/aot.py says what was compared).
-For iterating on a config; confirm the final one with a full plan.
+--quick compiles with XLA's lowest run-time optimisation effort: about 5x faster on the paper
+configs, peak memory per chip within 7% of the full compile there, mostly below it
+(sparse_tubes/aot.py says what was compared). For iterating on a config; confirm the final one with
+a full plan.
 
 Several slices (--num_slices=N, docs/multislice.md): the step is compiled for N such slices joined
 over the data-centre network (DCN), with config.mesh.slices=N (the data axis spans the slices), and
@@ -268,7 +269,7 @@ def format_text(r: dict) -> str:
         + ('DCN-BOUND' if r['dcn_bound'] else 'not DCN-bound'))
   lines += [f'  {a}' for a in r['advice']]
   lines.append(f"(compiled in {r['compile_s']:.0f} s"
-               + (", quick: memory within ~2%; confirm without --quick)" if r['quick'] else ')'))
+               + (", quick: peak within ~7%; confirm without --quick)" if r['quick'] else ')'))
   return '\n'.join(lines)
 
 
