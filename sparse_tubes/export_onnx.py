@@ -29,7 +29,6 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from sparse_tubes import compat
 from sparse_tubes import config as config_lib
 from sparse_tubes.models import video_vit
 
@@ -73,9 +72,7 @@ def _import():
 def model_fn(model_cfg, params, num_classes: dict, dataset: str):
   """x -> (logits, features) of the head `dataset`, parameters as host constants."""
   cfg = export_config(model_cfg)
-  abstract = nnx.eval_shape(lambda: video_vit.build_model(
-      cfg, num_classes, rngs=compat.host_counted_rngs(params=0)))
-  graphdef, state = nnx.split(abstract, nnx.Param)
+  graphdef, state = video_vit.abstract_model(cfg, num_classes)
   # Host arrays, outside any mesh: constants of the ONNX graph, no sharding annotations.
   state.replace_by_pure_dict(jax.tree.map(np.asarray, jax.device_get(params)))
   model = nnx.merge(graphdef, state)

@@ -15,7 +15,7 @@ import pytest
 from sparse_tubes import config as config_lib
 from sparse_tubes import validation
 from sparse_tubes.data import sources
-from sparse_tubes.models import costs
+from sparse_tubes.models import costs, video_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAPER_DIRS = ('kinetics400', 'kinetics600', 'kinetics700', 'ssv2', 'imagenet')
@@ -165,6 +165,6 @@ def test_same_model_across_datasets_differs_by_the_head_only():
   """TubeViT-B on Kinetics-600 = on Kinetics-400 plus 200 more classes in the head."""
   a = config_lib.load(_spec('kinetics400/tubevit_b'))
   b = config_lib.load(_spec('kinetics600/tubevit_b'))
-  pa = costs.param_counts(costs.abstract_model(a.model, sources.num_classes(a))[1])
-  pb = costs.param_counts(costs.abstract_model(b.model, sources.num_classes(b))[1])
+  pa = costs.param_counts(video_vit.abstract_model(a.model, sources.num_classes(a))[1])
+  pb = costs.param_counts(video_vit.abstract_model(b.model, sources.num_classes(b))[1])
   assert pb['total'] - pa['total'] == 200 * (768 + 1)

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sparse_tubes import compat
 from sparse_tubes import config as config_lib
 from sparse_tubes import validation
 from sparse_tubes.data import sources
@@ -61,14 +60,6 @@ def _flat_model_cfg(model_cfg, **overrides):
 
 # ------------------------------------------------------------------------------------------------
 # Parameters
-
-def abstract_model(model_cfg, classes: Mapping[str, int]):
-  """(graphdef, abstract Param state) of the model: shapes only, nothing allocated."""
-  with nnx.use_eager_sharding(False):
-    model = nnx.eval_shape(lambda: video_vit.build_model(
-        model_cfg, classes, rngs=compat.host_counted_rngs(params=0)))
-  return nnx.split(model, nnx.Param)
-
 
 def _size(tree) -> int:
   return int(sum(np.prod(x.shape, dtype=np.int64) for x in jax.tree.leaves(tree)))
@@ -269,10 +260,10 @@ def summarize(config, *, activations: bool = True) -> dict:
   classes = sources.num_classes(config)
   # FLOPs and shapes do not depend on scan or remat; unrolled layers make XLA's count exact
   # (its cost analysis counts a while-loop body once).
-  graphdef, state = abstract_model(config.model, classes)
+  graphdef, state = video_vit.abstract_model(config.model, classes)
   flops_graphdef, flops_state = graphdef, state
   if config.model.scan_layers:
-    flops_graphdef, flops_state = abstract_model(
+    flops_graphdef, flops_state = video_vit.abstract_model(
         _flat_model_cfg(config.model, scan_layers=False), classes)
   params = param_counts(state)
 

@@ -69,6 +69,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from sparse_tubes import compat
 from sparse_tubes import config as config_lib
 from sparse_tubes.defaults import ENCODERS, POOLS, POSEMBS  # the schema's choices
 from sparse_tubes.models import attention_patterns as patterns
@@ -223,3 +224,13 @@ def build_model(model_cfg, num_classes: Mapping[str, int], *, rngs: nnx.Rngs) ->
   """Every name of defaults.NAME_DEFAULTS is a VideoViT; `model_cfg` may be partial (a dict of
   the keys that differ from defaults.model())."""
   return VideoViT(model_cfg, num_classes, rngs=rngs)
+
+
+def abstract_model(model_cfg, num_classes: Mapping[str, int]):
+  """(graphdef, abstract Param state) of the model: shapes only, nothing allocated, no sharding
+  annotations. Host-counted RNG streams keep the traced build linear in the model's size
+  (compat.host_counted_rngs)."""
+  with nnx.use_eager_sharding(False):
+    model = nnx.eval_shape(lambda: build_model(model_cfg, num_classes,
+                                               rngs=compat.host_counted_rngs(params=0)))
+  return nnx.split(model, nnx.Param)

@@ -35,11 +35,8 @@ def _init_fn(model_cfg, num_classes, seed):
 
 def model_spec(model_cfg, num_classes: Mapping[str, int], mesh, rules) -> ModelSpec:
   """Shapes and shardings of the model, with nothing allocated."""
+  graphdef, abstract_state = video_vit.abstract_model(model_cfg, num_classes)
   with nnx.use_eager_sharding(False):
-    abstract_model = nnx.eval_shape(
-        lambda: video_vit.build_model(model_cfg, num_classes,
-                                      rngs=compat.host_counted_rngs(params=0)))
-    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
     shardings = sharding.state_shardings(abstract_state, mesh, rules)
   return ModelSpec(graphdef, nnx.to_pure_dict(abstract_state), shardings)
 

@@ -17,7 +17,7 @@ import pytest
 from sparse_tubes import config as config_lib
 from sparse_tubes.commands import plan
 from sparse_tubes.data import sources
-from sparse_tubes.models import costs
+from sparse_tubes.models import video_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 KEYS = ('fits', 'hbm_per_chip_gib', 'hbm_capacity_gib', 'params_gib', 'optimizer_gib', 'temp_gib',
@@ -58,7 +58,7 @@ def test_plan_tiny_config_fits_and_a_huge_batch_does_not():
   assert small['fits'] and not small['quick'] and small['chips'] == 4 and small['topology'] == 'v5e:2x2'
   assert small['hbm_capacity_gib'] == 16 and small['mesh'] == {'data': 4, 'fsdp': 1, 'tensor': 1}
   config = config_lib.load(TINY)
-  params = sum(x.size for x in jax.tree.leaves(costs.abstract_model(
+  params = sum(x.size for x in jax.tree.leaves(video_vit.abstract_model(
       config.model, sources.num_classes(config))[1]))
   assert small['params'] == params
   assert small['params_gib'] == pytest.approx(params * 4 / 2**30)      # replicated float32

@@ -7,7 +7,7 @@ import pytest
 
 from sparse_tubes import config as config_lib
 from sparse_tubes.data import sources
-from sparse_tubes.models import costs
+from sparse_tubes.models import costs, video_vit
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, 'configs', 'synthetic', 'tubevit_tiny.py')
@@ -69,7 +69,7 @@ def test_train_flops_are_three_forwards_per_example_of_every_batch():
 
 
 def test_param_counts_by_module_and_head():
-  graphdef, state = costs.abstract_model(cfg(attention='joint'), {'a': 5, 'b': 7})
+  graphdef, state = video_vit.abstract_model(cfg(attention='joint'), {'a': 5, 'b': 7})
   p = costs.param_counts(state)
   assert p['heads'] == {'a': D * 5 + 5, 'b': D * 7 + 7}
   assert p['total'] == sum(p['by_module'].values()) and p['by_module']['heads'] == D * 12 + 12
@@ -80,7 +80,7 @@ def test_xla_flops_agree_with_the_analytic_count_at_vit_b_width():
   config = config_lib.load(TINY, model__hidden_size=768, model__num_heads=12, model__mlp_dim=3072,
                            model__num_layers=2)
   classes = sources.num_classes(config)
-  graphdef, state = costs.abstract_model(config.model, classes)
+  graphdef, state = video_vit.abstract_model(config.model, classes)
   shape = config_lib.input_shape(config.datasets.shapes_video)
   xla = costs.xla_macs(graphdef, state, shape, 'shapes_video')
   analytic = costs.analytic_macs(config.model, shape, classes['shapes_video'])['total']
@@ -94,7 +94,7 @@ def test_activations_follow_dtype_and_remat():
 
   def act(**kw):
     config = config_lib.load(TINY, **kw)
-    graphdef, state = costs.abstract_model(config.model, classes)
+    graphdef, state = video_vit.abstract_model(config.model, classes)
     return costs.activation_bytes(graphdef, state, shape, 'shapes_video')
 
   f32, bf16, remat = act(), act(model__dtype='bfloat16'), act(model__remat=True)
